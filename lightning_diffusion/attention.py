@@ -1,0 +1,95 @@
+"""The one attention function every layer uses.
+
+On CUDA with a working ``xformers`` (probed once, cached) it calls
+``xformers.ops.memory_efficient_attention`` (layout ``[B, M, H, K]``, key padding as an additive bias);
+everywhere else ``torch.nn.functional.scaled_dot_product_attention`` (layout ``[B, H, M, K]``, boolean mask,
+True = attend). xformers has no CPU kernels, so the CPU path is always SDPA.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger("lightning_diffusion")
+
+_FORCE_BACKEND: str | None = None
+
+
+@functools.cache
+def xformers_available() -> bool:
+    """True when xformers imports and its memory-efficient kernel runs on this CUDA device (probed once)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import xformers.ops as xops
+
+        q = torch.randn(1, 8, 1, 16, device="cuda", dtype=torch.float16)
+        xops.memory_efficient_attention(q, q, q)
+        return True
+    except Exception as err:  # noqa: BLE001 - any failure means: fall back to SDPA
+        log.info("xformers memory-efficient attention unavailable (%s); using PyTorch SDPA", err)
+        return False
+
+
+def set_backend(name: str | None) -> None:
+    """Force ``"sdpa"`` or ``"xformers"`` (tests, benchmarks); ``None`` restores automatic choice."""
+    global _FORCE_BACKEND
+    if name not in (None, "sdpa", "xformers"):
+        raise ValueError(f"unknown attention backend {name!r}: expected 'sdpa', 'xformers' or None")
+    _FORCE_BACKEND = name
+
+
+def backend_for(tensor: Tensor) -> str:
+    """The backend :func:`attention` would use for ``tensor``'s device and dtype."""
+    if _FORCE_BACKEND is not None:
+        return _FORCE_BACKEND
+    if tensor.is_cuda and xformers_available():
+        return "xformers"
+    return "sdpa"
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
+    """Multi-head scaled dot-product attention ``softmax(q k^T / sqrt(K)) v``.
+
+    Args:
+        q: ``[B, M, H, K]`` queries.
+        k, v: ``[B, N, H, K]`` keys and values.
+        key_padding_mask: ``[B, N]`` bool, True at keys that may be attended (real tokens); None = all.
+        dropout_p: attention dropout (pass 0 in eval).
+
+    Returns:
+        ``[B, M, H, K]``.
+    """
+    if backend_for(q) == "xformers":
+        return _xformers_attention(q, k, v, key_padding_mask, dropout_p)
+    return _sdpa_attention(q, k, v, key_padding_mask, dropout_p)
+
+
+def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float) -> Tensor:
+    mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+    )
+    return out.transpose(1, 2)
+
+
+def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float) -> Tensor:
+    import xformers.ops as xops
+
+    bias = None
+    if key_padding_mask is not None:
+        b, m, h, _ = q.shape
+        n = k.shape[1]
+        # xformers wants the bias' last dim padded to a multiple of 8 for aligned loads; slice back to n.
+        padded = (n + 7) // 8 * 8
+        full = torch.zeros(b, h, m, padded, dtype=q.dtype, device=q.device)
+        bias = full[..., :n]
+        bias.masked_fill_(~key_padding_mask[:, None, None, :], float("-inf"))
+    return xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)

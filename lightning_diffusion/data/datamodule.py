@@ -1,0 +1,405 @@
+"""Lightning data module for source/target text pairs with token-budget batching."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerFast
+
+from lightning_diffusion.data.batching import TokenBudgetBatchSampler
+from lightning_diffusion.data.jsonl import read_examples
+from lightning_diffusion.data.tokenizer import resolve_tokenizer, special_ids, tokenizer_fingerprint
+from lightning_diffusion.types import Seq2SeqBatch
+
+log = logging.getLogger("lightning_diffusion")
+
+Split = Literal["train", "val", "test", "predict"]
+
+
+def _report(message: str) -> None:
+    """Log at INFO on ``lightning_diffusion`` and print on rank zero."""
+    log.info(message)
+    rank_zero_info(message)
+
+
+@dataclass
+class TokenizedExample:
+    """One tokenized example of a split.
+
+    Attributes:
+        index: position of the example in its split.
+        src_ids: source token ids, no special tokens, truncated to ``max_src_len``.
+        tgt_ids: target token ids without the EOS, truncated to ``max_tgt_len - 1``; None without targets.
+        src_text: raw source string.
+        tgt_text: raw target string, or None.
+    """
+
+    index: int
+    src_ids: list[int]
+    tgt_ids: list[int] | None
+    src_text: str
+    tgt_text: str | None
+
+
+class Seq2SeqDataset(Dataset[TokenizedExample]):
+    """A list of tokenized examples (one split)."""
+
+    def __init__(self, examples: list[TokenizedExample]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> TokenizedExample:
+        return self.examples[index]
+
+
+def collate_examples(examples: Sequence[TokenizedExample], pad_id: int, eos_id: int) -> Seq2SeqBatch:
+    """Pad examples into a :class:`Seq2SeqBatch`.
+
+    ``src_ids``/``src_mask`` ``[B, S]`` with ``S = max(1, longest source)``; ``tgt_ids``/``tgt_mask`` ``[B, L]``
+    with ``L = longest target + 1``: target tokens, one EOS, then ``pad_id``; the mask is True at tokens and
+    the EOS. Targets are included only when every example has one.
+    """
+    batch_size = len(examples)
+    src_width = max(1, max(len(ex.src_ids) for ex in examples))
+    src_ids = torch.full((batch_size, src_width), pad_id, dtype=torch.long)
+    src_mask = torch.zeros((batch_size, src_width), dtype=torch.bool)
+    for row, ex in enumerate(examples):
+        src_ids[row, : len(ex.src_ids)] = torch.tensor(ex.src_ids, dtype=torch.long)
+        src_mask[row, : len(ex.src_ids)] = True
+    batch = Seq2SeqBatch(
+        src_ids=src_ids,
+        src_mask=src_mask,
+        index=torch.tensor([ex.index for ex in examples], dtype=torch.long),
+        src_text=[ex.src_text for ex in examples],
+    )
+    if all(ex.tgt_ids is not None and ex.tgt_text is not None for ex in examples):
+        targets = [[*ex.tgt_ids, eos_id] for ex in examples if ex.tgt_ids is not None]
+        tgt_width = max(len(ids) for ids in targets)
+        batch.tgt_ids = torch.full((batch_size, tgt_width), pad_id, dtype=torch.long)
+        batch.tgt_mask = torch.zeros((batch_size, tgt_width), dtype=torch.bool)
+        for row, ids in enumerate(targets):
+            batch.tgt_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            batch.tgt_mask[row, : len(ids)] = True
+        batch.tgt_text = [ex.tgt_text for ex in examples if ex.tgt_text is not None]
+    return batch
+
+
+class Seq2SeqDataModule(lightning.LightningDataModule):
+    """Source/target text pairs from JSONL (``{"src": ..., "tgt": ...}``), ``.jsonl.gz`` or plain ``.txt``
+    (sources only, for prediction), batched under a padded-token budget.
+
+    Paths may be ``builtin:<path>`` for bundled data, e.g. ``builtin:tatoeba_en_es/train.jsonl``.
+    The tokenizer, ``vocab_size``, ``pad_id``, ``eos_id``, ``sep_id`` and ``tokenizer_fingerprint`` are
+    available right after construction (before ``setup``): the tokenizer is resolved on first access.
+
+    Distributed training: the loaders use a custom batch sampler that shards batches across ranks itself,
+    so run the Trainer with ``use_distributed_sampler=False`` (Lightning 2.6 cannot inject its
+    DistributedSampler into a custom batch sampler and raises a TypeError otherwise). Evaluation and
+    prediction loaders then repeat a few batches on some ranks so that all ranks get equal counts;
+    dedupe predictions by ``batch.index``. (Checked with Lightning 2.6.6, 2 CPU ranks: with
+    ``use_distributed_sampler=False`` each rank gets the same number of batches and every example is seen
+    each epoch. ``trainer.predict`` wraps the batch sampler and warns "You are using a custom batch sampler
+    ... for prediction"; that warning is harmless here, since every index is yielded.)
+    Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``, not on the batch sampler; the
+    batch sampler exposes itself as ``.sampler`` so the training shuffle follows ``trainer.current_epoch``,
+    after a resume too.
+
+    Args:
+        train_file: training pairs (needed for ``fit``; also the tokenizer training text).
+        val_file: validation pairs.
+        test_file: test pairs.
+        predict_file: inputs to translate: JSONL (targets optional) or ``.txt`` (one source per line).
+        tokenizer: a local Hugging Face tokenizer directory. If it exists it is loaded; if it does not,
+            a byte-level BPE is trained on ``train_file`` and saved there. If None, one is trained and cached
+            under ``tokenizer_cache_dir`` keyed by the train file's contents and ``tokenizer_vocab_size``.
+        tokenizer_vocab_size: vocabulary size when training a tokenizer.
+        tokenizer_cache_dir: cache directory for trained tokenizers (default
+            ``$LIGHTNING_DIFFUSION_CACHE/tokenizers`` or ``~/.cache/lightning_diffusion/tokenizers``).
+        src_key: JSON field holding the source.
+        tgt_key: JSON field holding the target (``"tgt"`` and ``"trg"`` are accepted for each other).
+        max_src_len: sources are truncated to this many tokens.
+        max_tgt_len: targets are truncated to this many tokens, counting the appended EOS.
+        max_tokens: token budget of a training batch: batch size * longest (source + target + EOS).
+        eval_max_tokens: budget for validation/test/prediction batches (default ``max_tokens``).
+        max_eval_examples: keep only the first N validation and test examples (fast validation).
+        empty_examples: what to do with pairs whose source or target is empty: ``skip`` (drop and count),
+            ``keep``, or ``error``. Prediction inputs are never skipped (outputs stay aligned with inputs).
+        num_workers: DataLoader worker processes.
+        seed: seed of the training shuffle (each epoch reshuffles deterministically from ``(seed, epoch)``).
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        tokenizer: str | None = None,
+        tokenizer_vocab_size: int = 8000,
+        tokenizer_cache_dir: str | None = None,
+        src_key: str = "src",
+        tgt_key: str = "tgt",
+        max_src_len: int = 128,
+        max_tgt_len: int = 128,
+        max_tokens: int = 4096,
+        eval_max_tokens: int | None = None,
+        max_eval_examples: int | None = None,
+        empty_examples: Literal["skip", "keep", "error"] = "skip",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_src_len < 1:
+            raise ValueError(f"max_src_len must be >= 1, got {max_src_len}")
+        if max_tgt_len < 2:
+            raise ValueError(f"max_tgt_len must be >= 2 (it counts the EOS), got {max_tgt_len}")
+        if max_tokens < 1 or (eval_max_tokens is not None and eval_max_tokens < 1):
+            raise ValueError(
+                f"max_tokens and eval_max_tokens must be >= 1, got {max_tokens}, {eval_max_tokens}"
+            )
+        if max_eval_examples is not None and max_eval_examples < 1:
+            raise ValueError(f"max_eval_examples must be >= 1 or None, got {max_eval_examples}")
+        if empty_examples not in ("skip", "keep", "error"):
+            raise ValueError(f"empty_examples must be 'skip', 'keep' or 'error', got {empty_examples!r}")
+        self.save_hyperparameters()
+        self.train_file = train_file
+        self.val_file = val_file
+        self.test_file = test_file
+        self.predict_file = predict_file
+        self.tokenizer_path = tokenizer
+        self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.tokenizer_cache_dir = tokenizer_cache_dir
+        self.src_key = src_key
+        self.tgt_keys: tuple[str, ...] = ("tgt", "trg") if tgt_key in ("tgt", "trg") else (tgt_key,)
+        self.max_src_len = max_src_len
+        self.max_tgt_len = max_tgt_len
+        self.max_tokens = max_tokens
+        self.eval_max_tokens = eval_max_tokens if eval_max_tokens is not None else max_tokens
+        self.max_eval_examples = max_eval_examples
+        self.empty_examples: Literal["skip", "keep", "error"] = empty_examples
+        self.num_workers = num_workers
+        self.seed = seed
+        self._tokenizer: PreTrainedTokenizerFast | None = None
+        self._fingerprint: str | None = None
+        self.datasets: dict[str, Seq2SeqDataset] = {}
+
+    # ----------------------------------------------------------------- tokenizer
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        """The tokenizer, loaded or trained on first access."""
+        if self._tokenizer is None:
+            train_files = [self.train_file] if self.train_file is not None else []
+            self._tokenizer = resolve_tokenizer(
+                self.tokenizer_path,
+                train_files,
+                self.tokenizer_vocab_size,
+                self.tokenizer_cache_dir,
+                src_key=self.src_key,
+                tgt_keys=self.tgt_keys,
+            )
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, ``len(tokenizer)`` (includes added special tokens)."""
+        return len(self.tokenizer)
+
+    @property
+    def pad_id(self) -> int:
+        return special_ids(self.tokenizer).pad
+
+    @property
+    def eos_id(self) -> int:
+        return special_ids(self.tokenizer).eos
+
+    @property
+    def sep_id(self) -> int:
+        return special_ids(self.tokenizer).sep
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """sha256 of the tokenizer's vocabulary and special ids (recorded in checkpoints)."""
+        if self._fingerprint is None:
+            self._fingerprint = tokenizer_fingerprint(self.tokenizer)
+        return self._fingerprint
+
+    def save_tokenizer(self, directory: str) -> None:
+        """Write the tokenizer into ``directory`` (``save_pretrained``; loadable as ``tokenizer=directory``)."""
+        self.tokenizer.save_pretrained(directory)
+
+    # ----------------------------------------------------------------- reading
+
+    def _split_file(self, split: Split) -> str | None:
+        return {
+            "train": self.train_file,
+            "val": self.val_file,
+            "test": self.test_file,
+            "predict": self.predict_file,
+        }[split]
+
+    def _load_split(self, split: Split) -> Seq2SeqDataset:
+        """Read, tokenize and truncate one split, reporting what was skipped or truncated."""
+        path = self._split_file(split)
+        if path is None:
+            raise ValueError(f"no {split} file configured (set {split}_file)")
+        predicting = split == "predict"
+        empty = "keep" if predicting and self.empty_examples == "skip" else self.empty_examples
+        examples, stats = read_examples(
+            path, src_key=self.src_key, tgt_keys=self.tgt_keys, require_target=not predicting, empty=empty
+        )
+        _report(stats.summary(path))
+        if (
+            split in ("val", "test")
+            and self.max_eval_examples is not None
+            and len(examples) > self.max_eval_examples
+        ):
+            _report(
+                f"{path}: using the first {self.max_eval_examples} of {len(examples)} examples (max_eval_examples)"
+            )
+            examples = examples[: self.max_eval_examples]
+        with_targets = all(ex.tgt is not None for ex in examples)
+        if predicting and not with_targets and any(ex.tgt is not None for ex in examples):
+            missing = sum(ex.tgt is None for ex in examples)
+            _report(f"{path}: {missing} of {len(examples)} examples have no target; references are ignored")
+
+        tok = self.tokenizer
+        src_tokens = tok([ex.src for ex in examples], add_special_tokens=False)["input_ids"]
+        tgt_tokens: list[list[int]] | None = None
+        if with_targets:
+            tgt_tokens = tok([ex.tgt or "" for ex in examples], add_special_tokens=False)["input_ids"]
+
+        src_cut = sum(len(ids) > self.max_src_len for ids in src_tokens)
+        message = f"{path}: truncated {src_cut} of {len(examples)} sources to {self.max_src_len} tokens"
+        tgt_room = self.max_tgt_len - 1  # one position for the EOS
+        if tgt_tokens is not None:
+            tgt_cut = sum(len(ids) > tgt_room for ids in tgt_tokens)
+            message += f" and {tgt_cut} targets to {tgt_room} tokens + EOS"
+        _report(message)
+
+        items = [
+            TokenizedExample(
+                index=index,
+                src_ids=list(src_tokens[index][: self.max_src_len]),
+                tgt_ids=list(tgt_tokens[index][:tgt_room]) if tgt_tokens is not None else None,
+                src_text=ex.src,
+                tgt_text=ex.tgt if tgt_tokens is not None else None,
+            )
+            for index, ex in enumerate(examples)
+        ]
+        return Seq2SeqDataset(items)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and tokenize the splits ``stage`` needs (each split only once)."""
+        splits: dict[str | None, list[Split]] = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["predict"],
+            None: ["train", "val", "test", "predict"],
+        }
+        for split in splits.get(stage, splits[None]):
+            required = (stage == "fit" and split == "train") or stage in ("validate", "test", "predict")
+            if split in self.datasets:
+                continue
+            if self._split_file(split) is None:
+                if required:
+                    raise ValueError(f"stage {stage!r} needs {split}_file, which is not set")
+                continue
+            self.datasets[split] = self._load_split(split)
+
+    # ----------------------------------------------------------------- loaders
+
+    def collate(self, examples: Sequence[TokenizedExample]) -> Seq2SeqBatch:
+        """Pad examples into a :class:`Seq2SeqBatch` (see :func:`collate_examples`)."""
+        return collate_examples(examples, pad_id=self.pad_id, eos_id=self.eos_id)
+
+    def example_lengths(self, split: Split) -> list[int]:
+        """Batching cost length per example: source tokens + target tokens + EOS (``max_tgt_len`` without targets).
+
+        This is the padded size of a concatenated ``[source; target]`` row (DiffuSeq); with separate padded
+        source and target tensors the padded total can be slightly larger when one example has the longest
+        source and another the longest target.
+        """
+        return [
+            len(ex.src_ids) + (len(ex.tgt_ids) + 1 if ex.tgt_ids is not None else self.max_tgt_len)
+            for ex in self._dataset(split).examples
+        ]
+
+    def _dataset(self, split: Split) -> Seq2SeqDataset:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
+        return self.datasets[split]
+
+    def _replicas(self) -> tuple[int, int]:
+        """``(num_replicas, rank)`` from the attached trainer, ``(1, 0)`` without one."""
+        trainer: Any = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            return trainer.world_size, trainer.global_rank
+        return 1, 0
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader[Any]:
+        num_replicas, rank = self._replicas()
+        sampler = TokenBudgetBatchSampler(
+            self.example_lengths(split),
+            self.max_tokens if shuffle else self.eval_max_tokens,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+        return DataLoader(
+            self._dataset(split),
+            batch_sampler=sampler,
+            collate_fn=functools.partial(collate_examples, pad_id=self.pad_id, eos_id=self.eos_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled token-budget batches of the training split (reshuffled every epoch)."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Any] | list[DataLoader[Any]]:
+        """Length-sorted batches of the validation split (``batch.index`` gives input order); ``[]`` without
+        a ``val_file``, which tells Lightning to skip validation."""
+        if self.val_file is None:
+            return []
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        """Length-sorted batches of the test split; ``batch.index`` gives input order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        """Length-sorted batches of the prediction inputs; ``batch.index`` gives input order."""
+        return self._loader("predict", shuffle=False)
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """What checkpoints record about the data: the tokenizer fingerprint."""
+        return {"tokenizer_fingerprint": self.tokenizer_fingerprint}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained with a different tokenizer (its token ids would mean other things)."""
+        saved = state_dict.get("tokenizer_fingerprint")
+        if saved is not None and saved != self.tokenizer_fingerprint:
+            raise ValueError(
+                f"the checkpoint was trained with tokenizer fingerprint {saved[:12]}..., but this data module's "
+                f"tokenizer has {self.tokenizer_fingerprint[:12]}...; pass the same tokenizer directory "
+                "(tokenizer=...) or the same train_file and tokenizer_vocab_size used for training"
+            )
+
+
+__all__ = ["Seq2SeqDataModule", "Seq2SeqDataset", "TokenizedExample", "collate_examples"]

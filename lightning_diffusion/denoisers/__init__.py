@@ -1,0 +1,6 @@
+"""Denoisers: networks that predict clean latents ``x0`` from noisy ``z_t`` given the source."""
+
+from lightning_diffusion.denoisers.base import Denoiser
+from lightning_diffusion.denoisers.diffuseq import DiffuSeqDenoiser
+
+__all__ = ["DiffuSeqDenoiser", "Denoiser"]

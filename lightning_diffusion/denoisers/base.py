@@ -1,0 +1,89 @@
+"""The denoiser interface: embed, encode the source once, predict ``x0`` from ``z_t``, round to logits."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_diffusion.types import Conditioning
+
+
+class Denoiser(nn.Module, ABC):
+    """Base class of every denoiser. Owns the word embedding (latent width ``D``) and the tied rounding head.
+
+    Subclasses implement :meth:`encode` (run once per source) and :meth:`forward` (run at every step).
+
+    Args:
+        vocab_size: ``V``; filled in from the tokenizer (the recipe does not set it).
+        latent_dim: ``D``, width of the diffused embeddings (may differ from the transformer width).
+        embedding_norm: LayerNorm on the embeddings (Difformer), so frequent and rare words get noise of
+            comparable relative size.
+        embedding_scale: multiply (normalised) embeddings by this, e.g. ``sqrt(D)`` (Difformer); None = 1.
+        self_conditioning: accept the previous ``x0`` estimate as an extra input (SED / Bit Diffusion).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        latent_dim: int,
+        embedding_norm: bool = False,
+        embedding_scale: float | None = None,
+        self_conditioning: bool = False,
+    ) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.latent_dim = latent_dim
+        self.self_conditioning = self_conditioning
+        self.word_embedding = nn.Embedding(vocab_size, latent_dim)
+        nn.init.normal_(self.word_embedding.weight, std=1.0)
+        self.embedding_norm = nn.LayerNorm(latent_dim) if embedding_norm else None
+        self.embedding_scale = embedding_scale
+
+    def _normalize(self, emb: Tensor) -> Tensor:
+        if self.embedding_norm is not None:
+            emb = self.embedding_norm(emb)
+        if self.embedding_scale is not None:
+            emb = emb * self.embedding_scale
+        return emb
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token ids ``[B, L]`` -> latents ``z0 = Emb(y)`` ``[B, L, D]``."""
+        return self._normalize(self.word_embedding(ids))
+
+    def embedding_table(self) -> Tensor:
+        """Every word's latent ``[V, D]`` (the rows :meth:`embed` returns), for rounding and clamping."""
+        return self._normalize(self.word_embedding.weight)
+
+    def logits(self, z: Tensor) -> Tensor:
+        """Tied rounding head: latents ``[B, L, D]`` -> ``[B, L, V]`` as ``z . E_w``."""
+        return F.linear(z, self.embedding_table())
+
+    @abstractmethod
+    def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:
+        """Source ids ``[B, S]`` and mask ``[B, S]`` -> :class:`Conditioning`, computed once per source."""
+
+    @abstractmethod
+    def forward(
+        self,
+        z_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        tgt_mask: Tensor | None = None,
+        self_cond: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the clean latents.
+
+        Args:
+            z_t: ``[B, L, D]`` noisy target latents.
+            t: ``[B]`` integer steps in ``1..T``.
+            cond: the source's :class:`Conditioning` (batch ``B``).
+            tgt_mask: ``[B, L]`` bool, target positions that exist (True); None = all ``L`` positions.
+            self_cond: ``[B, L, D]`` previous ``x0`` estimate (self-conditioning), or None (zeros).
+
+        Returns:
+            ``x0_hat`` ``[B, L, D]``.
+        """

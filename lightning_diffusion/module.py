@@ -1,0 +1,370 @@
+"""The LightningModule: the one place with training, validation, test and predict steps.
+
+Every swappable part is injected through the constructor (and so by ``class_path`` in a recipe): the
+denoiser (as a factory called with the vocabulary size), the noise schedule, the loss terms, the sampler,
+the timestep sampler, the optimizer and the LR scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_diffusion.denoisers.base import Denoiser
+from lightning_diffusion.losses import LossTerm, PriorLoss, RoundingNLL, X0MSE
+from lightning_diffusion.metrics import corpus_bleu, rouge
+from lightning_diffusion.samplers.base import Sampler
+from lightning_diffusion.samplers.ddim import DDIMSampler
+from lightning_diffusion.samplers.mbr import mbr_select
+from lightning_diffusion.schedules.base import NoiseSchedule
+from lightning_diffusion.timesteps import TimestepSampler, UniformTimestepSampler
+from lightning_diffusion.types import LossInputs, Seq2SeqBatch
+
+log = logging.getLogger("lightning_diffusion")
+
+CHECKPOINT_KEY = "lightning_diffusion"
+_INJECTED = ["denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "optimizer", "lr_scheduler"]
+
+
+@dataclass
+class Generation:
+    """Decoded hypotheses for ``B`` sources.
+
+    Attributes:
+        texts: the chosen hypothesis per source.
+        nfe: denoiser calls per candidate sequence (sampling steps).
+        candidates: candidates decoded per source (noise samples; MBR picks one).
+    """
+
+    texts: list[str]
+    nfe: int
+    candidates: int
+
+    @property
+    def calls_per_sentence(self) -> int:
+        return self.nfe * self.candidates
+
+
+class DiffusionLM(LightningModule):
+    """Sequence-to-sequence diffusion in embedding space (Diffusion-LM / DiffuSeq / Difformer family).
+
+    Args:
+        denoiser: factory called with ``vocab_size`` that builds the :class:`Denoiser` (in a recipe: the
+            denoiser's ``class_path`` and ``init_args`` without ``vocab_size``).
+        schedule: the :class:`NoiseSchedule` (e.g. ``SqrtSchedule(num_steps=2000)``).
+        loss_terms: weighted loss terms; default ``[X0MSE, RoundingNLL, PriorLoss]`` (DiffuSeq's objective).
+        sampler: decoding rule and steps; default ``DDIMSampler(steps=20)``.
+        timestep_sampler: factory called with ``T`` (uniform or loss-aware).
+        optimizer: factory called with the parameters (LightningCLI's ``OptimizerCallable``).
+        lr_scheduler: optional factory called with the optimizer; stepped every optimizer step.
+        vocab_size: filled in from the data module's tokenizer.
+        train_noise_factor: Difformer's noise factor ``F`` in training (the sampler has its own).
+        self_condition_prob: probability of the self-conditioning pass in training (needs a denoiser built
+            with ``self_conditioning: true``).
+        mbr_candidates: noise samples decoded per source; MBR (sentence-BLEU consensus) picks one.
+        length_ratio, length_offset, max_length: the decoding canvas for a batch is
+            ``min(max_length, ceil(length_ratio * longest source) + length_offset)`` positions; training
+            canvases are at least this long, so the model learns to fill the tail with padding (DiffuSeq).
+        log_samples: decoded validation samples printed after each validation.
+        decode_seed: seed of the decoding noise, so validation scores are reproducible.
+        decode_during_validation: decode and score BLEU/ROUGE in validation (else only the loss).
+    """
+
+    def __init__(
+        self,
+        denoiser: Callable[[int], Denoiser],
+        schedule: NoiseSchedule,
+        loss_terms: list[LossTerm] | None = None,
+        sampler: Sampler | None = None,
+        timestep_sampler: Callable[[int], TimestepSampler] = UniformTimestepSampler,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        vocab_size: int = 0,
+        train_noise_factor: float = 1.0,
+        self_condition_prob: float = 0.0,
+        mbr_candidates: int = 1,
+        length_ratio: float = 1.5,
+        length_offset: int = 4,
+        max_length: int = 128,
+        log_samples: int = 3,
+        decode_seed: int = 0,
+        decode_during_validation: bool = True,
+    ) -> None:
+        super().__init__()
+        if _given_hyperparameters.get() is not None:
+            # Built by the CLI: the hyperparameters are the recipe's config (class_path/init_args), which
+            # load_from_checkpoint re-instantiates.
+            self.save_hyperparameters()
+        else:
+            self.save_hyperparameters(ignore=_INJECTED)
+        if vocab_size < 2:
+            raise ValueError(
+                f"vocab_size is {vocab_size}: it comes from the data module's tokenizer "
+                "(the CLI links data.vocab_size to model.init_args.vocab_size)"
+            )
+        if not 0.0 <= self_condition_prob <= 1.0:
+            raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
+        if mbr_candidates < 1:
+            raise ValueError(f"mbr_candidates must be >= 1, got {mbr_candidates}")
+        self.denoiser = denoiser(vocab_size)
+        if self_condition_prob > 0 and not self.denoiser.self_conditioning:
+            raise ValueError("self_condition_prob > 0 needs a denoiser built with self_conditioning: true")
+        self.schedule = schedule
+        self.loss_terms = nn.ModuleList(loss_terms if loss_terms is not None else [X0MSE(), RoundingNLL(), PriorLoss()])
+        names = [term.name for term in self.loss_terms]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"loss terms need distinct names and at least one term, got {names}")
+        self.sampler = sampler if sampler is not None else DDIMSampler(steps=20)
+        self.timestep_sampler = timestep_sampler(schedule.num_steps)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.train_noise_factor = train_noise_factor
+        self.self_condition_prob = self_condition_prob
+        self.mbr_candidates = mbr_candidates
+        self.length_ratio = length_ratio
+        self.length_offset = length_offset
+        self.max_length = max_length
+        self.log_samples = log_samples
+        self.decode_seed = decode_seed
+        self.decode_during_validation = decode_during_validation
+        self.tokenizer: Any = None
+        self.tokenizer_fingerprint: str | None = None
+        self._outputs: list[dict[str, Any]] = []
+        self.last_report: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ wiring
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "tokenizer"):
+            return
+        self.attach_tokenizer(datamodule.tokenizer, datamodule.tokenizer_fingerprint)
+        if stage == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
+            datamodule.save_tokenizer(f"{self.trainer.log_dir}/tokenizer")
+
+    def attach_tokenizer(self, tokenizer: Any, fingerprint: str) -> None:
+        """Give the module the tokenizer it decodes with (the data module's, or one loaded by hand)."""
+        if len(tokenizer) != self.denoiser.vocab_size:
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but the denoiser was built for {self.denoiser.vocab_size}"
+            )
+        self.tokenizer = tokenizer
+        self.tokenizer_fingerprint = fingerprint
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"tokenizer_fingerprint": self.tokenizer_fingerprint}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
+        if stored and self.tokenizer_fingerprint and stored != self.tokenizer_fingerprint:
+            raise ValueError(
+                "the checkpoint was trained with a different tokenizer (vocabulary fingerprint "
+                f"{stored[:12]}..., the data module's is {self.tokenizer_fingerprint[:12]}...): point "
+                "data.init_args.tokenizer at the run's saved tokenizer directory"
+            )
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ training
+    def canvas_length(self, src_mask: Tensor) -> int:
+        """Decoding canvas for a batch: ``min(max_length, ceil(ratio * longest source) + offset)``."""
+        longest = int(src_mask.sum(-1).max())
+        return max(1, min(self.max_length, math.ceil(self.length_ratio * longest) + self.length_offset))
+
+    def _pad_canvas(self, batch: Seq2SeqBatch) -> Tensor:
+        assert batch.tgt_ids is not None
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+        length = max(batch.tgt_ids.shape[1], self.canvas_length(batch.src_mask))
+        return F.pad(batch.tgt_ids, (0, length - batch.tgt_ids.shape[1]), value=pad_id)
+
+    def compute_losses(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """The training objective on one batch.
+
+        Returns:
+            the scalar loss, each term's batch mean (for logging), the steps ``t`` ``[B]`` and the
+            per-example total ``[B]`` (unweighted, for the loss-aware timestep sampler).
+        """
+        if batch.tgt_ids is None:
+            raise ValueError("training and validation batches need targets")
+        target = self._pad_canvas(batch)
+        b, length = target.shape
+        z0 = self.denoiser.embed(target)
+        t, weights = self.timestep_sampler.sample(b, self.device)
+        z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
+        cond = self.denoiser.encode(batch.src_ids, batch.src_mask)
+        self_cond = None
+        if self.self_condition_prob > 0:
+            with torch.no_grad():
+                first = self.denoiser(z_t, t, cond, None, None)
+            use = (torch.rand(b, 1, 1, device=self.device) < self.self_condition_prob).to(first.dtype)
+            self_cond = first.detach() * use
+        x0_hat = self.denoiser(z_t, t, cond, None, self_cond)
+        inputs = LossInputs(
+            z0=z0,
+            x0_hat=x0_hat,
+            target_ids=target,
+            mask=torch.ones_like(target, dtype=torch.bool),
+            t=t,
+            alpha_bar_final=self.schedule.alpha_bar(torch.full_like(t, self.schedule.num_steps), length),
+            logits=self.denoiser.logits,
+        )
+        per_term = {term.name: term(inputs) for term in self.loss_terms}
+        per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)
+        loss = (per_example * weights).mean()
+        return loss, {name: value.mean() for name, value in per_term.items()}, t, per_example.detach()
+
+    def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
+        loss, terms, t, per_example = self.compute_losses(batch)
+        if not torch.isfinite(loss):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
+                "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
+            )
+        self.timestep_sampler.update(t, per_example)
+        n = len(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------ decoding
+    def decode_ids(self, token_ids: Tensor) -> list[str]:
+        """Token ids ``[B, L]`` -> strings: cut at the first EOS, drop special tokens, detokenize."""
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer attached: call attach_tokenizer() or run through a Trainer with the data module")
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for row in token_ids.tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    @torch.no_grad()
+    def generate(
+        self,
+        src_ids: Tensor,
+        src_mask: Tensor,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> Generation:
+        """Decode ``B`` sources ``[B, S]``: the source is encoded once; ``mbr_candidates`` noise samples per
+        source are decoded as one batch and MBR picks one per source."""
+        n = self.mbr_candidates
+        cond = self.denoiser.encode(src_ids, src_mask).repeat_interleave(n)
+        out = self.sampler.sample(self.denoiser, self.schedule, cond, self.canvas_length(src_mask), None, generator, on_step)
+        texts = self.decode_ids(out.token_ids)
+        chosen = [texts[i * n + mbr_select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
+        return Generation(texts=chosen, nfe=out.nfe, candidates=n)
+
+    def decoding_settings(self) -> str:
+        """The settings every reported score comes with."""
+        return (
+            f"{self.sampler.describe()}, schedule {type(self.schedule).__name__}(T={self.schedule.num_steps}), "
+            f"MBR over {self.mbr_candidates} noise sample(s), NFE {self.sampler.steps} per candidate"
+        )
+
+    def _decode_batch(self, batch: Seq2SeqBatch) -> list[dict[str, Any]]:
+        generator = torch.Generator(device=self.device).manual_seed(self.decode_seed + int(batch.index[0]))
+        result = self.generate(batch.src_ids, batch.src_mask, generator)
+        rows = []
+        for i, hyp in enumerate(result.texts):
+            row: dict[str, Any] = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hyp}
+            if batch.tgt_text is not None:
+                row["reference"] = batch.tgt_text[i]
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Seq2SeqBatch, stage: str) -> None:
+        loss, terms, _, _ = self.compute_losses(batch)
+        n = len(batch)
+        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, batch_size=n, sync_dist=True)
+        if stage == "test" or self.decode_during_validation:
+            self._outputs.extend(self._decode_batch(batch))
+
+    def validation_step(self, batch: Seq2SeqBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Seq2SeqBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    def _gather_rows(self) -> list[dict[str, Any]]:
+        rows = self._outputs
+        if self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        unique = {row["index"]: row for row in rows}
+        return [unique[i] for i in sorted(unique)]
+
+    def _score(self, stage: str) -> None:
+        if not self._outputs and not (stage == "test" or self.decode_during_validation):
+            return
+        rows = self._gather_rows()
+        self._outputs = []
+        if not rows:
+            return
+        hyps = [row["hypothesis"] for row in rows]
+        refs = [row["reference"] for row in rows]
+        bleu = corpus_bleu(hyps, refs)
+        scores = rouge(hyps, refs, keys=("rouge1", "rouge2", "rougeL"))
+        sanity = self.trainer.sanity_checking
+        if not sanity:
+            self.log(f"{stage}/bleu", bleu.score, rank_zero_only=True, batch_size=len(rows))
+            for key, value in scores.items():
+                self.log(f"{stage}/{key}", value, rank_zero_only=True, batch_size=len(rows))
+        when = "before training (sanity check)" if sanity else f"step {self.global_step}"
+        self.last_report = {
+            "stage": stage,
+            "step": 0 if sanity else self.global_step,
+            "bleu": bleu.score,
+            "signature": bleu.signature,
+            **scores,
+            "sentences": len(rows),
+            "settings": self.decoding_settings(),
+            "samples": rows[: self.log_samples],
+        }
+        lines = [
+            f"[{stage} @ {when}] BLEU {bleu.score:.2f} | ROUGE-1/2/L {scores['rouge1']:.1f}/{scores['rouge2']:.1f}/"
+            f"{scores['rougeL']:.1f} (F1 x100) | {len(rows)} sentences",
+            f"  decoding: {self.decoding_settings()}",
+            f"  sacreBLEU signature: {bleu.signature}",
+        ]
+        for row in rows[: self.log_samples]:
+            lines += [f"  src: {row['source']}", f"  hyp: {row['hypothesis']}", f"  ref: {row['reference']}", ""]
+        rank_zero_info("\n".join(lines).rstrip())
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, batch: Seq2SeqBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return self._decode_batch(batch)
+

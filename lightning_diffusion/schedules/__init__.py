@@ -1,0 +1,6 @@
+"""Noise schedules: ``nn.Module``s whose tables are buffers."""
+
+from lightning_diffusion.schedules.base import NoiseSchedule, TabulatedSchedule
+from lightning_diffusion.schedules.fixed import CosineSchedule, LinearSchedule, SqrtSchedule
+
+__all__ = ["CosineSchedule", "LinearSchedule", "NoiseSchedule", "SqrtSchedule", "TabulatedSchedule"]

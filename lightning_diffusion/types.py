@@ -1,0 +1,115 @@
+"""Small dataclasses that cross module borders.
+
+Shapes use: B batch, S source length, L target (canvas) length, D latent width, H model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from torch import Tensor
+
+
+@dataclass
+class Seq2SeqBatch:
+    """A padded batch of source/target pairs, as the data module's collate function builds it.
+
+    Attributes:
+        src_ids: ``[B, S]`` long, source token ids (no special tokens), right-padded with ``pad_id``.
+        src_mask: ``[B, S]`` bool, True at real source tokens.
+        index: ``[B]`` long, position of each example in its split (predictions are written in this order).
+        src_text: the raw source strings, ``B`` of them.
+        tgt_ids: ``[B, L]`` long, target tokens followed by one EOS, right-padded with ``pad_id``;
+            None when the split has no targets (prediction on plain text).
+        tgt_mask: ``[B, L]`` bool, True at target tokens and at the EOS; None with ``tgt_ids``.
+        tgt_text: the raw (untokenized) reference strings, or None.
+    """
+
+    src_ids: Tensor
+    src_mask: Tensor
+    index: Tensor
+    src_text: list[str]
+    tgt_ids: Tensor | None = None
+    tgt_mask: Tensor | None = None
+    tgt_text: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.src_ids.shape[0]
+
+    @property
+    def has_targets(self) -> bool:
+        return self.tgt_ids is not None
+
+
+@dataclass
+class Conditioning:
+    """What a denoiser computed once from the source, reused at every diffusion step.
+
+    Attributes:
+        hidden: ``[B, S, H]`` source states: embedded source (DiffuSeq) or encoder output (encoder-decoder).
+        mask: ``[B, S]`` bool, True at real source positions.
+        extras: further per-source tensors a denoiser subclass wants to carry (first dim ``B``).
+    """
+
+    hidden: Tensor
+    mask: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def repeat_interleave(self, n: int) -> Conditioning:
+        """Repeat each source ``n`` times along the batch: ``[B, ...] -> [B*n, ...]`` (candidates stay adjacent)."""
+        if n == 1:
+            return self
+        return replace(
+            self,
+            hidden=self.hidden.repeat_interleave(n, dim=0),
+            mask=self.mask.repeat_interleave(n, dim=0),
+            extras={k: v.repeat_interleave(n, dim=0) for k, v in self.extras.items()},
+        )
+
+
+@dataclass
+class LossInputs:
+    """Everything a loss term may look at for one training batch.
+
+    Attributes:
+        z0: ``[B, L, D]`` clean target embeddings ``Emb(y)``.
+        x0_hat: ``[B, L, D]`` the denoiser's estimate of ``z0`` from ``z_t``.
+        target_ids: ``[B, L]`` long, the target canvas ids ``y``.
+        mask: ``[B, L]`` bool, positions that count in the loss.
+        t: ``[B]`` long, the sampled timesteps (1..T).
+        alpha_bar_final: ``[B, L]`` the schedule's signal level at the last step ``T``.
+        logits: maps latents ``[B, L, D]`` to vocabulary logits ``[B, L, V]`` (the tied rounding head).
+    """
+
+    z0: Tensor
+    x0_hat: Tensor
+    target_ids: Tensor
+    mask: Tensor
+    t: Tensor
+    alpha_bar_final: Tensor
+    logits: Callable[[Tensor], Tensor]
+
+
+@dataclass
+class SampleOutput:
+    """What a sampler returns.
+
+    Attributes:
+        latents: ``[B, L, D]`` the final clean estimate ``z_0``.
+        token_ids: ``[B, L]`` long, the rounded tokens (argmax of the tied head).
+        nfe: denoiser calls made per sequence (number of sampling steps).
+    """
+
+    latents: Tensor
+    token_ids: Tensor
+    nfe: int
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` ``[B, L]`` over ``mask`` ``[B, L]`` per example -> ``[B]`` (0 where a row is empty)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+__all__ = ["Conditioning", "LossInputs", "SampleOutput", "Seq2SeqBatch", "masked_mean"]

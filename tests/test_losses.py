@@ -1,0 +1,182 @@
+"""Loss terms on hand-computed tiny tensors (B=2, L=3, D=2, V=4)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_diffusion.losses import X0MSE, AnchorNLL, LossTerm, PriorLoss, RoundingNLL
+from lightning_diffusion.types import LossInputs, masked_mean
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.5, 0.5]])  # V=4, D=2
+
+
+def _logits(z: torch.Tensor) -> torch.Tensor:
+    return z @ E.T
+
+
+Z0 = torch.tensor(
+    [
+        [[1.0, 0.0], [0.0, 1.0], [2.0, -1.0]],
+        [[-1.0, 0.0], [0.5, 0.5], [0.0, 0.0]],
+    ]
+)
+X0_HAT = torch.tensor(
+    [
+        [[1.5, 0.0], [0.0, 0.0], [1.0, 1.0]],
+        [[-1.0, 2.0], [0.5, -0.5], [3.0, 3.0]],
+    ]
+)
+TARGET = torch.tensor([[0, 1, 3], [2, 3, 1]])
+MASK = torch.tensor([[True, True, True], [True, True, False]])
+ABAR_T = torch.tensor([[0.01, 0.01, 0.01], [0.02, 0.02, 0.02]])
+
+
+def _inputs(mask=MASK, x0_hat=X0_HAT, z0=Z0) -> LossInputs:
+    return LossInputs(
+        z0=z0,
+        x0_hat=x0_hat,
+        target_ids=TARGET,
+        mask=mask,
+        t=torch.tensor([5, 9]),
+        alpha_bar_final=ABAR_T,
+        logits=_logits,
+    )
+
+
+def _nll(z: list[float], y: int, smoothing: float = 0.0) -> float:
+    """Cross entropy of logits z.E_w against y, written out by hand."""
+    logits = [z[0] * e[0] + z[1] * e[1] for e in E.tolist()]
+    lse = math.log(sum(math.exp(v) for v in logits))
+    logp = [v - lse for v in logits]
+    return (1 - smoothing) * -logp[y] + smoothing * sum(-lp for lp in logp) / len(logp)
+
+
+def _masked_rows(per_token: list[list[float]], mask=MASK) -> list[float]:
+    out = []
+    for row, m in zip(per_token, mask.tolist(), strict=True):
+        kept = [v for v, keep in zip(row, m, strict=True) if keep]
+        out.append(sum(kept) / len(kept) if kept else 0.0)
+    return out
+
+
+def test_x0_mse_hand_computed():
+    # squared errors per token, mean over D=2:
+    # ex0: (0.25+0)/2=0.125, (0+1)/2=0.5, (1+4)/2=2.5 -> mean 1.041666..
+    # ex1: (0+4)/2=2, (0+1)/2=0.5, masked -> mean 1.25
+    out = X0MSE()(_inputs())
+    assert out.shape == (2,)
+    torch.testing.assert_close(out, torch.tensor([(0.125 + 0.5 + 2.5) / 3, 1.25]))
+
+
+def test_x0_mse_mask_excludes_positions():
+    x0_hat = X0_HAT.clone()
+    x0_hat[1, 2] = 1e4
+    torch.testing.assert_close(X0MSE()(_inputs(x0_hat=x0_hat)), X0MSE()(_inputs()))
+
+
+def test_empty_mask_row_gives_zero():
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    for term in (X0MSE(), RoundingNLL(), AnchorNLL(), PriorLoss()):
+        out = term(_inputs(mask=mask))
+        assert out[1].item() == 0.0
+        assert torch.isfinite(out).all()
+
+
+def test_rounding_nll_hand_computed():
+    per_token = [[_nll(Z0[b, i].tolist(), int(TARGET[b, i])) for i in range(3)] for b in range(2)]
+    expected = torch.tensor(_masked_rows(per_token))
+    out = RoundingNLL()(_inputs())
+    assert out.shape == (2,)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_rounding_nll_uses_z0_not_prediction():
+    base = RoundingNLL()(_inputs())
+    torch.testing.assert_close(RoundingNLL()(_inputs(x0_hat=X0_HAT * 7)), base)
+    assert not torch.allclose(RoundingNLL()(_inputs(z0=Z0 * 3)), base)
+
+
+def test_anchor_nll_hand_computed_with_label_smoothing():
+    term = AnchorNLL()
+    assert term.label_smoothing == 0.1
+    per_token = [[_nll(X0_HAT[b, i].tolist(), int(TARGET[b, i]), 0.1) for i in range(3)] for b in range(2)]
+    torch.testing.assert_close(term(_inputs()), torch.tensor(_masked_rows(per_token)), atol=1e-6, rtol=1e-6)
+    # without smoothing it is the plain NLL of the prediction
+    plain = [[_nll(X0_HAT[b, i].tolist(), int(TARGET[b, i])) for i in range(3)] for b in range(2)]
+    torch.testing.assert_close(
+        AnchorNLL(label_smoothing=0.0)(_inputs()), torch.tensor(_masked_rows(plain)), atol=1e-6, rtol=1e-6
+    )
+
+
+def test_anchor_nll_uses_prediction_not_z0():
+    base = AnchorNLL()(_inputs())
+    torch.testing.assert_close(AnchorNLL()(_inputs(z0=Z0 * 5)), base)
+
+
+def test_anchor_nll_mask():
+    x0_hat = X0_HAT.clone()
+    x0_hat[1, 2] = torch.tensor([-50.0, 80.0])
+    torch.testing.assert_close(AnchorNLL()(_inputs(x0_hat=x0_hat)), AnchorNLL()(_inputs()))
+
+
+def test_prior_loss_hand_computed():
+    # ex0: abar 0.01 * mean(z0^2 over D): (1+0)/2=.5, (0+1)/2=.5, (4+1)/2=2.5 -> 0.01 * 3.5/3
+    # ex1: abar 0.02 * ((1+0)/2=.5, (.25+.25)/2=.25) -> 0.02 * 0.375
+    out = PriorLoss()(_inputs())
+    torch.testing.assert_close(out, torch.tensor([0.01 * 3.5 / 3, 0.02 * 0.375]))
+
+
+def test_losses_are_differentiable():
+    x0_hat = X0_HAT.clone().requires_grad_(True)
+    z0 = Z0.clone().requires_grad_(True)
+    total = sum(t(_inputs(x0_hat=x0_hat, z0=z0)).sum() for t in (X0MSE(), RoundingNLL(), AnchorNLL(), PriorLoss()))
+    total.backward()
+    assert x0_hat.grad is not None and z0.grad is not None
+    # masked position gets no gradient
+    assert torch.all(x0_hat.grad[1, 2] == 0)
+    assert torch.all(z0.grad[1, 2] == 0)
+
+
+def test_names_and_weights():
+    assert X0MSE().name == "mse"
+    assert RoundingNLL().name == "rounding"
+    assert AnchorNLL().name == "anchor"
+    assert PriorLoss().name == "prior"
+    for cls in (X0MSE, RoundingNLL, AnchorNLL, PriorLoss):
+        term = cls()
+        assert isinstance(term, LossTerm)
+        assert term.weight == 1.0
+    custom = AnchorNLL(weight=0.5, label_smoothing=0.2, name="anc2")
+    assert custom.weight == 0.5 and custom.name == "anc2" and custom.label_smoothing == 0.2
+    assert X0MSE(weight=3.0, name="x").weight == 3.0
+    assert "name='mse'" in repr(X0MSE()) and "weight=1.0" in repr(X0MSE())
+
+
+def test_masked_mean():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    torch.testing.assert_close(masked_mean(values, mask), torch.tensor([2.0, 0.0]))
+
+
+@pytest.mark.parametrize("cls", [X0MSE, RoundingNLL, AnchorNLL, PriorLoss])
+def test_per_example_independence(cls):
+    """Example 0's loss does not depend on example 1's tensors."""
+    x0_hat = X0_HAT.clone()
+    z0 = Z0.clone()
+    x0_hat[1] += 3.0
+    z0[1] -= 2.0
+    a = cls()(_inputs())
+    b = cls()(_inputs(x0_hat=x0_hat, z0=z0))
+    assert a[0].item() == pytest.approx(b[0].item())
