@@ -64,6 +64,8 @@ class LossAwareTimestepSampler(TimestepSampler):
         if not self.warmed_up:
             return torch.full((self.num_steps,), 1.0 / self.num_steps, device=self.loss_history.device)
         weights = (self.loss_history**2).mean(dim=-1).sqrt()
+        if not torch.isfinite(weights).all() or weights.sum() <= 0:
+            return torch.full((self.num_steps,), 1.0 / self.num_steps, device=self.loss_history.device)
         weights = weights / weights.sum()
         probs = weights * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_steps
         return probs.float()
