@@ -76,3 +76,54 @@ class ValidationHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class AdaptiveScheduleRefit(Callback):
+    """Refits the model's :class:`~lightning_diffusion.schedules.AdaptiveSchedule` every ``every_n_steps``
+    optimizer steps once ``warmup_steps`` have passed (SeqDiffuSeq). The loss statistics are summed over all
+    ranks first, so every rank refits the same table.
+
+    Args:
+        every_n_steps: refit interval ``K`` in optimizer steps.
+        warmup_steps: no refit before this step (the statistics keep accumulating).
+        schedule_attr: attribute of the LightningModule holding the schedule.
+    """
+
+    def __init__(self, every_n_steps: int = 1000, warmup_steps: int = 1000, schedule_attr: str = "schedule") -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.warmup_steps = warmup_steps
+        self.schedule_attr = schedule_attr
+        self.refits = 0
+
+    def _schedule(self, pl_module: LightningModule) -> Any:
+        schedule = getattr(pl_module, self.schedule_attr, None)
+        if schedule is None or not hasattr(schedule, "refit"):
+            raise TypeError(
+                f"AdaptiveScheduleRefit needs pl_module.{self.schedule_attr} to be an AdaptiveSchedule, "
+                f"got {type(schedule).__name__}"
+            )
+        return schedule
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._schedule(pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step < self.warmup_steps or step % self.every_n_steps or step == getattr(self, "_last_step", -1):
+            return
+        self._last_step = step
+        schedule = self._schedule(pl_module)
+        if trainer.world_size > 1:
+            schedule.loss_sum.copy_(trainer.strategy.reduce(schedule.loss_sum, reduce_op="sum"))
+            schedule.loss_count.copy_(trainer.strategy.reduce(schedule.loss_count, reduce_op="sum"))
+        refit = schedule.refit()
+        self.refits += 1
+        pl_module.log("train/schedule_refit_positions", float(refit), rank_zero_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"refits": self.refits}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.refits = int(state_dict.get("refits", 0))

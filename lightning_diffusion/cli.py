@@ -19,9 +19,13 @@ class LightningDiffusionCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None) -> LightningDiffusionCLI:
-    """Console entry point."""
-    return LightningDiffusionCLI(
+def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
+    """Console entry point; ``main([...])`` (in-process, with ``args``) returns the CLI object.
+
+    From the console script (``args`` None, reads ``sys.argv``) it returns None: the generated script
+    calls ``sys.exit(main())``, which would print any other object and exit with status 1.
+    """
+    cli = LightningDiffusionCLI(
         DiffusionLM,
         Seq2SeqDataModule,
         subclass_mode_model=True,
@@ -31,6 +35,7 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI:
         trainer_defaults={"use_distributed_sampler": False},
         args=args,
     )
+    return cli if args is not None else None
 
 
 if __name__ == "__main__":

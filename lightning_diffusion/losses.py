@@ -23,6 +23,8 @@ class LossTerm(nn.Module, ABC):
     """
 
     default_name: str = "loss"
+    #: True for terms that need a length predictor (the module checks this when it is built).
+    needs_length_predictor: bool = False
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__()
@@ -85,3 +87,18 @@ class PriorLoss(LossTerm):
     def forward(self, inputs: LossInputs) -> Tensor:
         per_token = (inputs.alpha_bar_final.unsqueeze(-1) * inputs.z0**2).mean(-1)
         return masked_mean(per_token, inputs.mask)
+
+
+class LengthNLL(LossTerm):
+    """Length prediction loss ``CE(length_logits, clamp(len_tgt - len_src + offset))`` (Difformer; weight 0.1)."""
+
+    default_name = "length"
+    needs_length_predictor = True
+
+    def __init__(self, weight: float = 0.1, name: str | None = None) -> None:
+        super().__init__(weight, name)
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        if inputs.length_logits is None or inputs.length_targets is None:
+            raise ValueError("LengthNLL needs the model's length_predictor (none is configured)")
+        return F.cross_entropy(inputs.length_logits, inputs.length_targets, reduction="none")

@@ -22,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_diffusion.denoisers.base import Denoiser
-from lightning_diffusion.losses import LossTerm, PriorLoss, RoundingNLL, X0MSE
+from lightning_diffusion.length import LengthPredictor
+from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
 from lightning_diffusion.metrics import corpus_bleu, rouge
 from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.samplers.ddim import DDIMSampler
@@ -44,7 +45,7 @@ class Generation:
     Attributes:
         texts: the chosen hypothesis per source.
         nfe: denoiser calls per candidate sequence (sampling steps).
-        candidates: candidates decoded per source (noise samples; MBR picks one).
+        candidates: candidates decoded per source (length beam x noise beam; MBR picks one).
     """
 
     texts: list[str]
@@ -72,10 +73,16 @@ class DiffusionLM(LightningModule):
         train_noise_factor: Difformer's noise factor ``F`` in training (the sampler has its own).
         self_condition_prob: probability of the self-conditioning pass in training (needs a denoiser built
             with ``self_conditioning: true``).
-        mbr_candidates: noise samples decoded per source; MBR (sentence-BLEU consensus) picks one.
-        length_ratio, length_offset, max_length: the decoding canvas for a batch is
-            ``min(max_length, ceil(length_ratio * longest source) + length_offset)`` positions; training
-            canvases are at least this long, so the model learns to fill the tail with padding (DiffuSeq).
+        length_predictor: factory called with the denoiser's ``hidden_dim`` (Difformer). With one, targets
+            are exactly as long as the sentence (+ EOS), positions beyond are masked out of attention and the
+            loss, and decoding tries the ``length_beam`` most likely lengths. Without one (DiffuSeq), every
+            target is a canvas whose tail is padding that the model learns to produce.
+        length_beam: lengths tried per source (needs ``length_predictor``).
+        noise_beam: noise samples decoded per length; MBR (sentence-BLEU consensus among the candidates,
+            never against the reference) picks one of ``length_beam * noise_beam`` per source.
+        length_ratio, length_offset, max_length: without a length predictor the decoding canvas for a batch is
+            ``min(max_length, ceil(length_ratio * longest source) + length_offset)`` positions, and training
+            canvases are at least this long; ``max_length`` also caps predicted lengths.
         log_samples: decoded validation samples printed after each validation.
         decode_seed: seed of the decoding noise, so validation scores are reproducible.
         decode_during_validation: decode and score BLEU/ROUGE in validation (else only the loss).
@@ -93,7 +100,9 @@ class DiffusionLM(LightningModule):
         vocab_size: int = 0,
         train_noise_factor: float = 1.0,
         self_condition_prob: float = 0.0,
-        mbr_candidates: int = 1,
+        length_predictor: Callable[[int], LengthPredictor] | None = None,
+        length_beam: int = 1,
+        noise_beam: int = 1,
         length_ratio: float = 1.5,
         length_offset: int = 4,
         max_length: int = 128,
@@ -115,8 +124,8 @@ class DiffusionLM(LightningModule):
             )
         if not 0.0 <= self_condition_prob <= 1.0:
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
-        if mbr_candidates < 1:
-            raise ValueError(f"mbr_candidates must be >= 1, got {mbr_candidates}")
+        if noise_beam < 1 or length_beam < 1:
+            raise ValueError(f"noise_beam and length_beam must be >= 1, got {noise_beam} and {length_beam}")
         self.denoiser = denoiser(vocab_size)
         if self_condition_prob > 0 and not self.denoiser.self_conditioning:
             raise ValueError("self_condition_prob > 0 needs a denoiser built with self_conditioning: true")
@@ -125,13 +134,22 @@ class DiffusionLM(LightningModule):
         names = [term.name for term in self.loss_terms]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"loss terms need distinct names and at least one term, got {names}")
+        self.length_predictor = length_predictor(self.denoiser.hidden_dim) if length_predictor is not None else None
+        needs_length = [term.name for term in self.loss_terms if term.needs_length_predictor]
+        if needs_length and self.length_predictor is None:
+            raise ValueError(f"loss terms {needs_length} need a length_predictor; configure one or drop them")
+        if self.length_predictor is not None and not needs_length:
+            raise ValueError("a length_predictor is configured but no loss term trains it: add LengthNLL to loss_terms")
+        if length_beam > 1 and self.length_predictor is None:
+            raise ValueError("length_beam > 1 needs a length_predictor")
         self.sampler = sampler if sampler is not None else DDIMSampler(steps=20)
         self.timestep_sampler = timestep_sampler(schedule.num_steps)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.train_noise_factor = train_noise_factor
         self.self_condition_prob = self_condition_prob
-        self.mbr_candidates = mbr_candidates
+        self.length_beam = length_beam
+        self.noise_beam = noise_beam
         self.length_ratio = length_ratio
         self.length_offset = length_offset
         self.max_length = max_length
@@ -199,29 +217,42 @@ class DiffusionLM(LightningModule):
             the scalar loss, each term's batch mean (for logging), the steps ``t`` ``[B]`` and the
             per-example total ``[B]`` (unweighted, for the loss-aware timestep sampler).
         """
-        if batch.tgt_ids is None:
+        if batch.tgt_ids is None or batch.tgt_mask is None:
             raise ValueError("training and validation batches need targets")
-        target = self._pad_canvas(batch)
+        cond = self.denoiser.encode(batch.src_ids, batch.src_mask)
+        length_logits = length_targets = None
+        if self.length_predictor is None:
+            target = self._pad_canvas(batch)
+            loss_mask = torch.ones_like(target, dtype=torch.bool)
+            attention_mask = None
+        else:
+            target, loss_mask = batch.tgt_ids, batch.tgt_mask
+            attention_mask = batch.tgt_mask
+            length_logits = self.length_predictor(cond)
+            length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
         b, length = target.shape
         z0 = self.denoiser.embed(target)
         t, weights = self.timestep_sampler.sample(b, self.device)
         z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
-        cond = self.denoiser.encode(batch.src_ids, batch.src_mask)
         self_cond = None
         if self.self_condition_prob > 0:
             with torch.no_grad():
-                first = self.denoiser(z_t, t, cond, None, None)
+                first = self.denoiser(z_t, t, cond, attention_mask, None)
             use = (torch.rand(b, 1, 1, device=self.device) < self.self_condition_prob).to(first.dtype)
             self_cond = first.detach() * use
-        x0_hat = self.denoiser(z_t, t, cond, None, self_cond)
+        x0_hat = self.denoiser(z_t, t, cond, attention_mask, self_cond)
+        if self.training:
+            self.schedule.observe(t, ((x0_hat.detach() - z0.detach()) ** 2).mean(-1), loss_mask)
         inputs = LossInputs(
             z0=z0,
             x0_hat=x0_hat,
             target_ids=target,
-            mask=torch.ones_like(target, dtype=torch.bool),
+            mask=loss_mask,
             t=t,
             alpha_bar_final=self.schedule.alpha_bar(torch.full_like(t, self.schedule.num_steps), length),
             logits=self.denoiser.logits,
+            length_logits=length_logits,
+            length_targets=length_targets,
         )
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)
@@ -264,20 +295,44 @@ class DiffusionLM(LightningModule):
         generator: torch.Generator | None = None,
         on_step: Callable[[int, int], None] | None = None,
     ) -> Generation:
-        """Decode ``B`` sources ``[B, S]``: the source is encoded once; ``mbr_candidates`` noise samples per
-        source are decoded as one batch and MBR picks one per source."""
-        n = self.mbr_candidates
-        cond = self.denoiser.encode(src_ids, src_mask).repeat_interleave(n)
-        out = self.sampler.sample(self.denoiser, self.schedule, cond, self.canvas_length(src_mask), None, generator, on_step)
-        texts = self.decode_ids(out.token_ids)
+        """Decode ``B`` sources ``[B, S]``.
+
+        The source is encoded once for the whole sampling loop. Each source gets ``length_beam`` lengths
+        (from the length predictor) x ``noise_beam`` noise samples, all decoded as one batch; MBR picks one
+        candidate per source.
+        """
+        cond = self.denoiser.encode(src_ids, src_mask)
+        per_source = self.noise_beam
+        tgt_mask = None
+        lengths: Tensor | None = None
+        if self.length_predictor is not None:
+            top = self.length_predictor.top_lengths(self.length_predictor(cond), src_mask.sum(-1), self.length_beam, self.max_length)
+            per_source = top.shape[1] * self.noise_beam
+            lengths = top.repeat_interleave(self.noise_beam, dim=1).reshape(-1)  # [B * per_source]
+            canvas = int(lengths.max())
+            tgt_mask = torch.arange(canvas, device=lengths.device)[None, :] < lengths[:, None]
+        else:
+            canvas = self.canvas_length(src_mask)
+        out = self.sampler.sample(
+            self.denoiser, self.schedule, cond.repeat_interleave(per_source), canvas, tgt_mask, generator, on_step
+        )
+        token_ids = out.token_ids
+        if tgt_mask is not None:
+            eos = self.tokenizer.eos_token_id if self.tokenizer is not None else 0
+            token_ids = token_ids.masked_fill(~tgt_mask, eos)
+        texts = self.decode_ids(token_ids)
+        n = per_source
         chosen = [texts[i * n + mbr_select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
         return Generation(texts=chosen, nfe=out.nfe, candidates=n)
 
     def decoding_settings(self) -> str:
         """The settings every reported score comes with."""
+        beams = f"noise beam {self.noise_beam}"
+        if self.length_predictor is not None:
+            beams = f"length beam {self.length_beam} x {beams}"
         return (
             f"{self.sampler.describe()}, schedule {type(self.schedule).__name__}(T={self.schedule.num_steps}), "
-            f"MBR over {self.mbr_candidates} noise sample(s), NFE {self.sampler.steps} per candidate"
+            f"{beams}, MBR over the candidates, NFE {min(self.sampler.steps, self.schedule.num_steps)} (candidates decoded in one batch)"
         )
 
     def _decode_batch(self, batch: Seq2SeqBatch) -> list[dict[str, Any]]:

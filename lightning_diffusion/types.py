@@ -80,6 +80,8 @@ class LossInputs:
         t: ``[B]`` long, the sampled timesteps (1..T).
         alpha_bar_final: ``[B, L]`` the schedule's signal level at the last step ``T``.
         logits: maps latents ``[B, L, D]`` to vocabulary logits ``[B, L, V]`` (the tied rounding head).
+        length_logits: ``[B, C]`` length-offset logits when the model has a length predictor, else None.
+        length_targets: ``[B]`` long, the true offset classes, with ``length_logits``.
     """
 
     z0: Tensor
@@ -89,6 +91,8 @@ class LossInputs:
     t: Tensor
     alpha_bar_final: Tensor
     logits: Callable[[Tensor], Tensor]
+    length_logits: Tensor | None = None
+    length_targets: Tensor | None = None
 
 
 @dataclass

@@ -2,5 +2,10 @@
 
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.denoisers.diffuseq import DiffuSeqDenoiser
+from lightning_diffusion.denoisers.encoder_decoder import (
+    EncoderDecoderDenoiser,
+    PretrainedEncoder,
+    TransformerEncoder,
+)
 
-__all__ = ["DiffuSeqDenoiser", "Denoiser"]
+__all__ = ["Denoiser", "DiffuSeqDenoiser", "EncoderDecoderDenoiser", "PretrainedEncoder", "TransformerEncoder"]

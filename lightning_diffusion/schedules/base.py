@@ -30,6 +30,10 @@ class NoiseSchedule(nn.Module, ABC):
     def alpha_bar(self, t: Tensor, length: int) -> Tensor:
         """Signal level at integer steps ``t`` ``[B]`` for ``length`` target positions -> ``[B, length]``."""
 
+    def observe(self, t: Tensor, per_token_loss: Tensor, mask: Tensor) -> None:
+        """Training statistics hook: per-token losses ``[B, L]`` at steps ``t`` ``[B]``, positions ``mask``
+        ``[B, L]``. Fixed schedules ignore it; the adaptive one records them."""
+
     def q_sample(self, z0: Tensor, t: Tensor, noise: Tensor, noise_factor: float = 1.0) -> Tensor:
         """Forward process (DDPM eq. 4 with Difformer's noise factor F):
         ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) F eps``.

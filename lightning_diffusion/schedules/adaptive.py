@@ -1,0 +1,108 @@
+"""SeqDiffuSeq's adaptive per-position noise schedule (Yuan et al. 2024, section 3.3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_diffusion.schedules.base import NoiseSchedule
+from lightning_diffusion.schedules.fixed import SqrtSchedule
+
+
+def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """1-D linear interpolation like ``numpy.interp``: ``xp`` ``[N]`` non-decreasing, ``fp`` ``[N]``, ``x`` ``[M]``;
+    values outside ``xp`` take the end values."""
+    idx = torch.searchsorted(xp, x, right=True).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    y0, y1 = fp[idx - 1], fp[idx]
+    span = x1 - x0
+    weight = torch.where(span > 0, (x - x0) / span.clamp_min(1e-12), torch.zeros_like(x))
+    out = y0 + weight.clamp(0, 1) * (y1 - y0)
+    out = torch.where(x <= xp[0], fp[0], out)
+    return torch.where(x >= xp[-1], fp[-1], out)
+
+
+class AdaptiveSchedule(NoiseSchedule):
+    """A table ``alpha_bar[t, position]`` ``[T + 1, max_length]``, one column per target position, started
+    from the sqrt schedule and refit during training so that each position's denoising loss grows linearly in
+    ``t``.
+
+    Training records the per-token loss ``mean_D (x0_hat - z0)^2`` into sums and counts per
+    ``(t-bin, position)`` (:meth:`observe`); :meth:`refit` (called every K steps by
+    :class:`~lightning_diffusion.callbacks.AdaptiveScheduleRefit`, after the statistics are summed over
+    ranks) makes each position's mean loss monotone in ``t`` and re-interpolates
+    ``abar_new = interp(linspace(min L, max L, T), L, abar_at_bins)``; then resets the statistics. Table and
+    statistics are buffers, so every checkpoint holds them and inference needs no side file.
+
+    Args:
+        num_steps: ``T``.
+        max_length: number of target positions with a column of their own (longer ones use the last column).
+        num_bins: timestep bins of the loss statistics.
+        min_count: a position is refit only when every bin has at least this many recorded tokens.
+        s: the sqrt schedule's offset used for the initial table.
+    """
+
+    alpha_bar_table: Tensor
+    loss_sum: Tensor
+    loss_count: Tensor
+
+    def __init__(self, num_steps: int = 2000, max_length: int = 128, num_bins: int = 100, min_count: int = 1, s: float = 1e-4) -> None:
+        super().__init__(num_steps)
+        self.max_length = max_length
+        self.num_bins = min(num_bins, num_steps)
+        self.min_count = min_count
+        initial = SqrtSchedule(num_steps, s=s).alpha_bar_table
+        self.register_buffer("alpha_bar_table", initial[:, None].repeat(1, max_length).contiguous())
+        self.register_buffer("loss_sum", torch.zeros(self.num_bins, max_length, dtype=torch.float64))
+        self.register_buffer("loss_count", torch.zeros(self.num_bins, max_length, dtype=torch.float64))
+
+    def _columns(self, length: int, device: torch.device) -> Tensor:
+        return torch.arange(length, device=device).clamp(max=self.max_length - 1)
+
+    def alpha_bar(self, t: Tensor, length: int) -> Tensor:
+        return self.alpha_bar_table[t][:, self._columns(length, t.device)]
+
+    def bin_of(self, t: Tensor) -> Tensor:
+        """Bin index of steps ``t`` in ``1..T`` -> ``0..num_bins-1``."""
+        return ((t - 1) * self.num_bins // self.num_steps).clamp(0, self.num_bins - 1)
+
+    @torch.no_grad()
+    def observe(self, t: Tensor, per_token_loss: Tensor, mask: Tensor) -> None:
+        """Record per-token losses ``[B, L]`` at steps ``t`` ``[B]`` for the positions in ``mask`` ``[B, L]``."""
+        b, length = per_token_loss.shape
+        cols = self._columns(length, t.device).expand(b, -1)
+        bins = self.bin_of(t)[:, None].expand(-1, length)
+        flat = (bins * self.max_length + cols).reshape(-1)
+        weight = mask.reshape(-1).double()  # no boolean indexing: no host sync on the hot path
+        self.loss_sum.view(-1).index_add_(0, flat, per_token_loss.reshape(-1).double() * weight)
+        self.loss_count.view(-1).index_add_(0, flat, weight)
+
+    @torch.no_grad()
+    def refit(self) -> int:
+        """Refit every position whose bins all hold ``min_count`` tokens; reset the statistics.
+
+        Returns the number of positions refit.
+        """
+        steps = torch.arange(1, self.num_steps + 1, device=self.alpha_bar_table.device)
+        bin_centers = ((torch.arange(self.num_bins, device=steps.device) + 0.5) * self.num_steps / self.num_bins).round().long().clamp(1, self.num_steps)
+        refit = 0
+        for pos in range(self.max_length):
+            counts = self.loss_count[:, pos]
+            if bool((counts < self.min_count).any()):
+                continue
+            loss = torch.cummax(self.loss_sum[:, pos] / counts, dim=0).values  # monotone in t
+            if float(loss[-1] - loss[0]) <= 0:
+                continue
+            abar_bins = self.alpha_bar_table[bin_centers, pos].double()
+            targets = torch.linspace(float(loss[0]), float(loss[-1]), self.num_steps, dtype=torch.float64, device=steps.device)
+            new = interp(targets, loss, abar_bins)
+            # Non-increasing in t, below abar[0] = 1 and above 0.
+            new = torch.cummin(new.clamp(1e-7, 1.0 - 1e-7), dim=0).values
+            self.alpha_bar_table[1:, pos] = new.float()
+            refit += 1
+        self.loss_sum.zero_()
+        self.loss_count.zero_()
+        return refit
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}, max_length={self.max_length}, num_bins={self.num_bins}"

@@ -1,0 +1,93 @@
+"""Every recipe parses, trains two tiny steps, validates its checkpoint; the CPU overlay composes with it.
+
+Recipes are discovered under ``recipes/`` (overlays excluded), so a new recipe file is tested automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import OVERLAYS_DIR, RECIPES_DIR
+
+RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if OVERLAYS_DIR not in p.parents)
+OVERLAYS = sorted(OVERLAYS_DIR.glob("*.yaml"))
+IDS = [p.relative_to(RECIPES_DIR).as_posix() for p in RECIPES]
+
+
+def test_recipes_are_found() -> None:
+    assert RECIPES_DIR / "quickstart.yaml" in RECIPES
+    assert not any("overlays" in p.parts for p in RECIPES)
+
+
+def print_config(run_cli, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    """``fit <args> --print_config`` in-process -> the printed config as a dict."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", *args, "--print_config"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), out
+    return yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=IDS)
+def test_recipe_print_config(recipe: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    config = print_config(run_cli, capsys, "-c", str(recipe))
+    assert config["model"]["class_path"].endswith("DiffusionLM")
+    assert "class_path" in config["model"]["init_args"]["denoiser"]
+    assert config["data"]["class_path"].endswith("Seq2SeqDataModule")
+    assert config["trainer"]["max_steps"] > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+@pytest.mark.parametrize("recipe", RECIPES, ids=IDS)
+def test_overlay_composes(recipe: Path, overlay: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    config = print_config(run_cli, capsys, "-c", str(recipe), "-c", str(overlay))
+    wanted = yaml.safe_load(overlay.read_text())
+    model = config["model"]["init_args"]
+    denoiser = model["denoiser"]["init_args"]
+    for key, value in (wanted.get("model", {}).get("init_args", {}).get("denoiser", {}).get("init_args") or {}).items():
+        assert denoiser[key] == value, key
+    assert config["trainer"]["accelerator"] == wanted["trainer"]["accelerator"]
+    if overlay.name == "cpu_small.yaml":
+        assert denoiser["hidden_dim"] == 128
+        assert model["sampler"]["init_args"]["steps"] == 20
+    # What the overlay does not mention stays as the recipe has it.
+    base = yaml.safe_load(recipe.read_text())
+    assert config["model"]["init_args"]["denoiser"]["class_path"] == base["model"]["init_args"]["denoiser"]["class_path"]
+    assert config["data"]["init_args"]["train_file"] == base["data"]["init_args"]["train_file"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=IDS)
+def test_recipe_fit_then_validate(
+    recipe: Path, tmp_path: Path, tiny_overrides, caplog: pytest.LogCaptureFixture, run_cli
+) -> None:
+    caplog.set_level(logging.INFO)
+    overrides = tiny_overrides(tmp_path, recipe)
+    cli = run_cli(["fit", "-c", str(recipe), *overrides])
+    assert cli is not None
+    assert cli.trainer.global_step == 2
+    report = cli.model.last_report
+    assert report["stage"] == "val" and report["step"] == 2
+    assert isinstance(report["bleu"], float) and 0.0 <= report["bleu"] <= 100.0
+    assert "NFE" in report["settings"]
+    assert cli.model.denoiser.hidden_dim == 32  # the tiny overrides reached the model
+    assert "[val @ step 2] BLEU" in caplog.text and "sacreBLEU signature" in caplog.text
+
+    checkpoints = list(tmp_path.rglob("last.ckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    ckpt = checkpoints[0]
+    log_dir = ckpt.parent.parent
+    assert (log_dir / "config.yaml").is_file()
+    assert (log_dir / "tokenizer" / "tokenizer.json").is_file()
+
+    cli = run_cli(["validate", "-c", str(recipe), *overrides, "--ckpt_path", str(ckpt)])
+    assert cli is not None
+    report = cli.model.last_report
+    assert report["stage"] == "val"
+    assert report["step"] == 2  # the checkpoint's step
+    assert isinstance(report["bleu"], float) and not math.isnan(report["bleu"])
+    assert "val/bleu" in cli.trainer.callback_metrics
