@@ -1,0 +1,143 @@
+"""End to end through the real ``lightning-diffusion`` console script (subprocesses): fit -> checkpoint ->
+predict / test, plus the error paths (bad data file, unknown recipe key)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES_DIR, TinyData, make_tiny_overrides
+
+from lightning_diffusion.metrics import corpus_bleu
+
+RECIPE = RECIPES_DIR / "quickstart.yaml"
+
+
+def _command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m lightning_diffusion.cli``."""
+    script = Path(sys.executable).parent / "lightning-diffusion"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "lightning_diffusion.cli"]
+
+
+def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [*_command(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    return proc
+
+
+@dataclass
+class Run:
+    root: Path
+    log_dir: Path
+    ckpt: Path
+    config: Path
+    data: TinyData
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Run:
+    """One tiny 10-step fit of the quickstart recipe, shared by the predict/test tests."""
+    root = tmp_path_factory.mktemp("cli_fit")
+    overrides = make_tiny_overrides(root / "run", RECIPE, data=tiny_data, max_steps=10, val_check_interval=5)
+    proc = run("fit", "-c", RECIPE, *overrides, cwd=root)
+    assert "`Trainer.fit` stopped: `max_steps=10` reached" in proc.stdout + proc.stderr
+    ckpts = list((root / "run").rglob("last.ckpt"))
+    assert len(ckpts) == 1, ckpts
+    log_dir = ckpts[0].parent.parent
+    return Run(root=root, log_dir=log_dir, ckpt=ckpts[0], config=log_dir / "config.yaml", data=tiny_data)
+
+
+def predictions_file(root: Path) -> Path:
+    found = list(root.rglob("predictions.jsonl"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_fit_writes_checkpoint_config_and_tokenizer(trained: Run) -> None:
+    assert trained.ckpt.stat().st_size > 0
+    assert trained.config.is_file()
+    assert (trained.log_dir / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_predict_jsonl_in_input_order(trained: Run, tmp_path: Path) -> None:
+    out_root = tmp_path / "predict"
+    proc = run(
+        "predict", "-c", trained.config, "--ckpt_path", trained.ckpt,
+        "--data.predict_file", trained.data.test, "--trainer.default_root_dir", out_root,
+        cwd=tmp_path,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert "NFE" in output
+
+    inputs = trained.data.pairs("test")
+    rows = [json.loads(line) for line in predictions_file(out_root).read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(inputs)
+    for row, example in zip(rows, inputs, strict=True):
+        assert row["source"] == example["src"]
+        assert row["reference"] == example["tgt"]
+        assert isinstance(row["hypothesis"], str)
+        assert "index" not in row
+    bleu = corpus_bleu([row["hypothesis"] for row in rows], [row["reference"] for row in rows])
+    assert isinstance(bleu.score, float) and 0.0 <= bleu.score <= 100.0
+    assert f"wrote {len(inputs)} predictions" in output
+
+
+def test_predict_plain_text_one_line_per_input(trained: Run, tmp_path: Path) -> None:
+    sources = ["I have to go to the hospital.", "", "Tom is here.", "Where is the station?"]
+    txt = tmp_path / "inputs.txt"
+    txt.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    out_root = tmp_path / "predict"
+    run(
+        "predict", "-c", trained.config, "--ckpt_path", trained.ckpt,
+        "--data.predict_file", txt, "--trainer.default_root_dir", out_root,
+        cwd=tmp_path,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in predictions_file(out_root).read_text(encoding="utf-8").splitlines()]
+    assert [row["source"] for row in rows] == sources
+    assert all(isinstance(row["hypothesis"], str) and "reference" not in row for row in rows)
+
+
+def test_test_subcommand_prints_bleu_and_signature(trained: Run, tmp_path: Path) -> None:
+    proc = run(
+        "test", "-c", trained.config, "--ckpt_path", trained.ckpt,
+        "--trainer.default_root_dir", tmp_path / "test",
+        cwd=tmp_path,
+    )  # fmt: skip
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert any(line.startswith("[test @") and "BLEU" in line for line in lines), lines
+    assert any("sacreBLEU signature" in line for line in lines)
+
+
+def test_bad_data_file_names_file_line_and_problem(tiny_data: TinyData, tmp_path: Path) -> None:
+    lines = tiny_data.train.read_text(encoding="utf-8").splitlines()
+    lines[2] = '{"src": "Hello", "tgt": '
+    bad = tmp_path / "bad_train.jsonl"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    overrides = make_tiny_overrides(
+        tmp_path / "run", RECIPE, data=tiny_data,
+        extra={"data.train_file": bad, "data.tokenizer_cache_dir": tmp_path / "cache"},
+    )  # fmt: skip
+    proc = run("fit", "-c", RECIPE, *overrides, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    message = proc.stderr
+    assert f"{bad}:3:" in message
+    assert "not valid JSON" in message
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_unknown_recipe_key_fails_clearly(tmp_path: Path) -> None:
+    proc = run("fit", "-c", RECIPE, "--model.denoiser.num_layerz", "2", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "num_layerz" in proc.stderr
+    assert "not accepted" in proc.stderr or "unrecognized" in proc.stderr.lower()
