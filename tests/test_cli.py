@@ -32,7 +32,9 @@ def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.Complete
         [*_command(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     if check:
-        assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
     return proc
 
 

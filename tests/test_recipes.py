@@ -49,7 +49,9 @@ def test_overlay_composes(recipe: Path, overlay: Path, capsys: pytest.CaptureFix
     wanted = yaml.safe_load(overlay.read_text())
     model = config["model"]["init_args"]
     denoiser = model["denoiser"]["init_args"]
-    for key, value in (wanted.get("model", {}).get("init_args", {}).get("denoiser", {}).get("init_args") or {}).items():
+    for key, value in (
+        wanted.get("model", {}).get("init_args", {}).get("denoiser", {}).get("init_args") or {}
+    ).items():
         assert denoiser[key] == value, key
     assert config["trainer"]["accelerator"] == wanted["trainer"]["accelerator"]
     if overlay.name == "cpu_small.yaml":
@@ -57,7 +59,10 @@ def test_overlay_composes(recipe: Path, overlay: Path, capsys: pytest.CaptureFix
         assert model["sampler"]["init_args"]["steps"] == 20
     # What the overlay does not mention stays as the recipe has it.
     base = yaml.safe_load(recipe.read_text())
-    assert config["model"]["init_args"]["denoiser"]["class_path"] == base["model"]["init_args"]["denoiser"]["class_path"]
+    assert (
+        config["model"]["init_args"]["denoiser"]["class_path"]
+        == base["model"]["init_args"]["denoiser"]["class_path"]
+    )
     assert config["data"]["init_args"]["train_file"] == base["data"]["init_args"]["train_file"]
 
 

@@ -31,8 +31,10 @@ class AdaptiveSchedule(NoiseSchedule):
     ``(t-bin, position)`` (:meth:`observe`); :meth:`refit` (called every K steps by
     :class:`~lightning_diffusion.callbacks.AdaptiveScheduleRefit`, after the statistics are summed over
     ranks) makes each position's mean loss monotone in ``t`` and re-interpolates
-    ``abar_new = interp(linspace(min L, max L, T), L, abar_at_bins)``; then resets the statistics. Table and
-    statistics are buffers, so every checkpoint holds them and inference needs no side file.
+    ``abar_new(t) = interp(L_target(t), L, abar_at_bins)`` with ``L_target`` linear in ``t`` through the first and
+    last bins' losses (at the bins' mean steps); then resets the statistics. The levels at ``t = 1`` and ``t = T``
+    are kept, so repeated refits do not shrink the noise range. Table and statistics are buffers, so every
+    checkpoint holds them and inference needs no side file.
 
     Args:
         num_steps: ``T``.
@@ -83,8 +85,13 @@ class AdaptiveSchedule(NoiseSchedule):
 
         Returns the number of positions refit.
         """
-        steps = torch.arange(1, self.num_steps + 1, device=self.alpha_bar_table.device)
-        bin_centers = ((torch.arange(self.num_bins, device=steps.device) + 0.5) * self.num_steps / self.num_bins).round().long().clamp(1, self.num_steps)
+        device = self.alpha_bar_table.device
+        steps = torch.arange(1, self.num_steps + 1, device=device)
+        bins = self.bin_of(steps)
+        # Each bin's mean step (its loss is an average over these steps).
+        bin_size = torch.zeros(self.num_bins, dtype=torch.float64, device=device).index_add_(0, bins, torch.ones_like(steps, dtype=torch.float64))
+        centers = torch.zeros(self.num_bins, dtype=torch.float64, device=device).index_add_(0, bins, steps.double()) / bin_size
+        grid = steps.double()
         refit = 0
         for pos in range(self.max_length):
             counts = self.loss_count[:, pos]
@@ -93,9 +100,14 @@ class AdaptiveSchedule(NoiseSchedule):
             loss = torch.cummax(self.loss_sum[:, pos] / counts, dim=0).values  # monotone in t
             if float(loss[-1] - loss[0]) <= 0:
                 continue
-            abar_bins = self.alpha_bar_table[bin_centers, pos].double()
-            targets = torch.linspace(float(loss[0]), float(loss[-1]), self.num_steps, dtype=torch.float64, device=steps.device)
-            new = interp(targets, loss, abar_bins)
+            column = self.alpha_bar_table[1:, pos].double()
+            abar_bins = interp(centers, grid, column)
+            # Target loss linear in t through the first and last bins, extended to t = 1 and T, where the levels
+            # stay as they are (else every refit would pull abar_1 and abar_T towards the end bins' levels).
+            targets = loss[0] + (grid - centers[0]) * (loss[-1] - loss[0]) / (centers[-1] - centers[0])
+            xp = torch.cat([targets[:1], loss, targets[-1:]])
+            fp = torch.cat([column[:1], abar_bins, column[-1:]])
+            new = interp(targets, xp, fp)
             # Non-increasing in t, below abar[0] = 1 and above 0.
             new = torch.cummin(new.clamp(1e-7, 1.0 - 1e-7), dim=0).values
             self.alpha_bar_table[1:, pos] = new.float()
