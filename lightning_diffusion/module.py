@@ -158,6 +158,8 @@ class DiffusionLM(LightningModule):
         self.decode_during_validation = decode_during_validation
         self.tokenizer: Any = None
         self.tokenizer_fingerprint: str | None = None
+        self.checkpoint_tokenizer_fingerprint: str | None = None
+        self.checkpoint_step: int | None = None
         self._outputs: list[dict[str, Any]] = []
         self.last_report: dict[str, Any] = {}
 
@@ -178,18 +180,24 @@ class DiffusionLM(LightningModule):
             )
         self.tokenizer = tokenizer
         self.tokenizer_fingerprint = fingerprint
+        self._check_tokenizer()
+
+    def _check_tokenizer(self) -> None:
+        stored, current = self.checkpoint_tokenizer_fingerprint, self.tokenizer_fingerprint
+        if stored and current and stored != current:
+            raise ValueError(
+                "the checkpoint was trained with a different tokenizer (vocabulary fingerprint "
+                f"{stored[:12]}..., the attached one is {current[:12]}...): point "
+                "data.init_args.tokenizer at the run's saved tokenizer directory (<run dir>/tokenizer)"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"tokenizer_fingerprint": self.tokenizer_fingerprint}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stored = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
-        if stored and self.tokenizer_fingerprint and stored != self.tokenizer_fingerprint:
-            raise ValueError(
-                "the checkpoint was trained with a different tokenizer (vocabulary fingerprint "
-                f"{stored[:12]}..., the data module's is {self.tokenizer_fingerprint[:12]}...): point "
-                "data.init_args.tokenizer at the run's saved tokenizer directory"
-            )
+        self.checkpoint_tokenizer_fingerprint = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
+        self.checkpoint_step = checkpoint.get("global_step")
+        self._check_tokenizer()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -394,14 +402,16 @@ class DiffusionLM(LightningModule):
         bleu = corpus_bleu(hyps, refs)
         scores = rouge(hyps, refs, keys=("rouge1", "rouge2", "rougeL"))
         sanity = self.trainer.sanity_checking
+        fitting = self.trainer.state.fn == "fit"
+        step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         if not sanity:
             self.log(f"{stage}/bleu", bleu.score, rank_zero_only=True, batch_size=len(rows))
             for key, value in scores.items():
                 self.log(f"{stage}/{key}", value, rank_zero_only=True, batch_size=len(rows))
-        when = "before training (sanity check)" if sanity else f"step {self.global_step}"
+        when = "before training (sanity check)" if sanity else f"step {step}"
         self.last_report = {
             "stage": stage,
-            "step": 0 if sanity else self.global_step,
+            "step": 0 if sanity else step,
             "bleu": bleu.score,
             "signature": bleu.signature,
             **scores,

@@ -253,7 +253,9 @@ def test_refit_callback_and_checkpoint_round_trip(tiny_datamodule: Any, tmp_path
     path = tmp_path / "adaptive.ckpt"
     trainer.save_checkpoint(path)
     del schedule.refit  # the plain method again
-    loaded = DiffusionLM.load_from_checkpoint(path, denoiser=denoiser, schedule=_schedule(), sampler=DDIMSampler(steps=3))
+    loaded = DiffusionLM.load_from_checkpoint(
+        path, denoiser=denoiser, schedule=_schedule(), sampler=DDIMSampler(steps=3)
+    )
     assert torch.equal(loaded.schedule.alpha_bar_table, module.schedule.alpha_bar_table)
     assert not torch.equal(loaded.schedule.alpha_bar_table, initial)
 
@@ -270,7 +272,9 @@ def test_refit_callback_and_checkpoint_round_trip(tiny_datamodule: Any, tmp_path
     def latents(model: DiffusionLM, sched: Any) -> torch.Tensor:
         cond = model.denoiser.encode(batch.src_ids, batch.src_mask)
         length = model.canvas_length(batch.src_mask)
-        out = model.sampler.sample(model.denoiser, sched, cond, length, None, torch.Generator().manual_seed(3))
+        out = model.sampler.sample(
+            model.denoiser, sched, cond, length, None, torch.Generator().manual_seed(3)
+        )
         return out.latents
 
     with torch.no_grad():
@@ -287,7 +291,9 @@ def test_refit_callback_and_checkpoint_round_trip(tiny_datamodule: Any, tmp_path
 def test_refit_callback_rejects_a_fixed_schedule(tiny_datamodule: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="every_n_steps"):
         AdaptiveScheduleRefit(every_n_steps=0)
-    module = DiffusionLM(denoiser=_denoiser(), schedule=SqrtSchedule(20), vocab_size=tiny_datamodule.vocab_size)
+    module = DiffusionLM(
+        denoiser=_denoiser(), schedule=SqrtSchedule(20), vocab_size=tiny_datamodule.vocab_size
+    )
     trainer = _trainer(tmp_path, 1, [AdaptiveScheduleRefit(every_n_steps=1, warmup_steps=0)])
     with pytest.raises(TypeError, match="AdaptiveSchedule"):
         trainer.fit(module, tiny_datamodule)

@@ -100,7 +100,9 @@ def test_source_padding_is_ignored() -> None:
         alone = model(z, t, model.encode(short, torch.ones(1, 3, dtype=torch.bool)))
         for filler in (0, 17):
             padded = torch.cat([short, torch.full((1, 2), filler)], dim=1)
-            torch.testing.assert_close(model(z, t, model.encode(padded, padded_mask)), alone, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                model(z, t, model.encode(padded, padded_mask)), alone, rtol=1e-5, atol=1e-5
+            )
 
 
 @pytest.mark.parametrize("adaptive_norm", [False, True])
@@ -111,7 +113,9 @@ def test_masked_target_positions_do_not_affect_real_ones(adaptive_norm: bool) ->
             for layer in model.layers:
                 layer.modulation[1].weight.normal_(std=0.1)
     src, mask, z, t = inputs(b=2, length=6)
-    tgt_mask = torch.tensor([[True, True, True, True, False, False], [True, True, False, False, False, False]])
+    tgt_mask = torch.tensor(
+        [[True, True, True, True, False, False], [True, True, False, False, False, False]]
+    )
     with torch.no_grad():
         cond = model.encode(src, mask)
         out = model(z, t, cond, tgt_mask)
@@ -120,7 +124,12 @@ def test_masked_target_positions_do_not_affect_real_ones(adaptive_norm: bool) ->
         out2 = model(changed, t, cond, tgt_mask)
         torch.testing.assert_close(out2[tgt_mask], out[tgt_mask], rtol=1e-5, atol=1e-5)
         # A prefix of length 4 decoded alone gives the same outputs (no hidden dependence on canvas width).
-        torch.testing.assert_close(model(z[:1, :4], t[:1], Conditioning(cond.hidden[:1], cond.mask[:1]))[0], out[0, :4], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(z[:1, :4], t[:1], Conditioning(cond.hidden[:1], cond.mask[:1]))[0],
+            out[0, :4],
+            rtol=1e-5,
+            atol=1e-5,
+        )
         # Without the mask the real positions do see the others.
         unmasked = model(changed, t, cond)
         assert not torch.allclose(unmasked[tgt_mask], out[tgt_mask], atol=1e-4)
@@ -162,7 +171,10 @@ def test_adaptive_norm_trains_its_modulation() -> None:
     for layer in model.layers:
         grad = layer.modulation[1].weight.grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
-    assert model.time_embedding.mlp[0].weight.grad is None or model.time_embedding.mlp[0].weight.grad.abs().sum() == 0
+    assert (
+        model.time_embedding.mlp[0].weight.grad is None
+        or model.time_embedding.mlp[0].weight.grad.abs().sum() == 0
+    )
     # After a step on the modulation the output depends on t.
     with torch.no_grad():
         for layer in model.layers:
@@ -244,7 +256,9 @@ def test_self_conditioning_input() -> None:
     src, mask, z, t = inputs()
     with torch.no_grad():
         cond = model.encode(src, mask)
-        torch.testing.assert_close(model(z, t, cond, None, None), model(z, t, cond, None, torch.zeros_like(z)))
+        torch.testing.assert_close(
+            model(z, t, cond, None, None), model(z, t, cond, None, torch.zeros_like(z))
+        )
         assert not torch.allclose(model(z, t, cond), model(z, t, cond, None, torch.randn_like(z)))
 
 
@@ -330,7 +344,9 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return path, {k: v.clone() for k, v in bert.state_dict().items()}
 
 
-def test_pretrained_encoder_loads_local_weights_and_projects(bert_dir: tuple[Path, dict[str, Tensor]]) -> None:
+def test_pretrained_encoder_loads_local_weights_and_projects(
+    bert_dir: tuple[Path, dict[str, Tensor]],
+) -> None:
     path, saved = bert_dir
     model = make(pretrained_encoder=str(path), hidden_dim=48, dropout=0.0).eval()
     encoder = model.encoder
@@ -352,7 +368,9 @@ def test_pretrained_encoder_loads_local_weights_and_projects(bert_dir: tuple[Pat
         # Padding is masked inside BERT too: the real positions of row 1 ignore the padded ids.
         other = src.clone()
         other[1, 3:] = 7
-        torch.testing.assert_close(model.encode(other, mask).hidden[1, :3], cond.hidden[1, :3], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.encode(other, mask).hidden[1, :3], cond.hidden[1, :3], rtol=1e-5, atol=1e-5
+        )
         assert model(z, t, cond).shape == (2, 6, LATENT)
 
     # The encoder trains with the denoiser.

@@ -231,7 +231,9 @@ class FakeSampler:
         self.token_ids = token_ids
         self.calls: list[dict[str, Any]] = []
 
-    def sample(self, denoiser: Any, schedule: Any, cond: Conditioning, length: int, tgt_mask: Tensor | None, *_: Any) -> SampleOutput:
+    def sample(
+        self, denoiser: Any, schedule: Any, cond: Conditioning, length: int, tgt_mask: Tensor | None, *_: Any
+    ) -> SampleOutput:
         self.calls.append({"rows": cond.hidden.shape[0], "length": length, "tgt_mask": tgt_mask})
         b = self.token_ids.shape[0]
         return SampleOutput(latents=torch.zeros(b, length, 8), token_ids=self.token_ids, nfe=self.steps)
