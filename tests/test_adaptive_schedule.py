@@ -18,9 +18,6 @@ from lightning_diffusion.samplers import DDIMSampler
 from lightning_diffusion.schedules import AdaptiveSchedule, SqrtSchedule
 from lightning_diffusion.schedules.adaptive import interp
 
-torch.set_num_threads(1)
-
-
 # ---------------------------------------------------------------------------------------------- table
 
 

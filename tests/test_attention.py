@@ -11,15 +11,6 @@ import torch
 from lightning_diffusion import attention as attn_mod
 from lightning_diffusion.attention import attention, backend_for, set_backend
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 B, M, N, H, K = 2, 5, 7, 2, 8
 
 

@@ -10,15 +10,6 @@ from lightning_diffusion.denoisers import Denoiser, DiffuSeqDenoiser
 from lightning_diffusion.denoisers.layers import MultiHeadAttention, TimestepEmbedding, sinusoidal_embedding
 from lightning_diffusion.types import Conditioning
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 VOCAB, LATENT, HIDDEN = 50, 16, 32
 
 

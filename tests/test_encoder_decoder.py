@@ -19,8 +19,6 @@ from lightning_diffusion.samplers import DDIMSampler
 from lightning_diffusion.schedules import SqrtSchedule
 from lightning_diffusion.types import Conditioning, Seq2SeqBatch
 
-torch.set_num_threads(1)
-
 VOCAB, LATENT, HIDDEN = 60, 16, 32
 
 

@@ -21,8 +21,6 @@ from lightning_diffusion.samplers import DDIMSampler
 from lightning_diffusion.schedules import SqrtSchedule
 from lightning_diffusion.types import Conditioning, LossInputs, SampleOutput, Seq2SeqBatch
 
-torch.set_num_threads(1)
-
 HIDDEN = 16
 WORDS = ["a", "b", "c", "d", "x", "y", "z", "w", *(f"v{i}" for i in range(32))]
 

@@ -10,15 +10,6 @@ import torch
 from lightning_diffusion.losses import X0MSE, AnchorNLL, LossTerm, PriorLoss, RoundingNLL
 from lightning_diffusion.types import LossInputs, masked_mean
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.5, 0.5]])  # V=4, D=2
 
 

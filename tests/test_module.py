@@ -341,7 +341,8 @@ def test_checkpoint_round_trip_programmatic(tiny_datamodule: Any, tmp_path: Path
 
 
 def test_cli_checkpoint_loads_without_arguments(tmp_path: Path, tiny_overrides, run_cli) -> None:
-    cli = run_cli(["fit", "-c", str(RECIPES_DIR / "quickstart.yaml"), *tiny_overrides(tmp_path)])
+    recipe = RECIPES_DIR / "diffuseq" / "multi30k_en_de.yaml"
+    cli = run_cli(["fit", "-c", str(recipe), *tiny_overrides(tmp_path, recipe=recipe)])
     (ckpt,) = tmp_path.rglob("last.ckpt")
     loaded = DiffusionLM.load_from_checkpoint(ckpt)  # the CLI stored the recipe's class_path config
     assert isinstance(loaded.denoiser, DiffuSeqDenoiser)

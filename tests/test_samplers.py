@@ -15,15 +15,6 @@ from lightning_diffusion.samplers import AncestralSampler, DDIMSampler, nearest_
 from lightning_diffusion.schedules import CosineSchedule, NoiseSchedule, SqrtSchedule
 from lightning_diffusion.types import Conditioning
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 V, D = 6, 8
 
 

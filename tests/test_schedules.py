@@ -11,15 +11,6 @@ import torch
 
 from lightning_diffusion.schedules import CosineSchedule, LinearSchedule, NoiseSchedule, SqrtSchedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SCHEDULES = [LinearSchedule, CosineSchedule, SqrtSchedule]
 
 

@@ -17,8 +17,6 @@ from lightning_diffusion.samplers import AncestralSampler, DDIMSampler
 from lightning_diffusion.schedules import SqrtSchedule
 from lightning_diffusion.types import Seq2SeqBatch
 
-torch.set_num_threads(1)
-
 VOCAB, LATENT, HIDDEN, STEPS = 40, 8, 16, 4
 
 

@@ -10,15 +10,6 @@ import torch
 from lightning_diffusion.timesteps import LossAwareTimestepSampler, UniformTimestepSampler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fill(sampler: LossAwareTimestepSampler, per_step_loss: list[float], times: int) -> None:
     T = sampler.num_steps
     for _ in range(times):
