@@ -1,0 +1,239 @@
+"""The base LightningModule of every sequence-to-sequence model: tokenizer wiring, checkpoint checks,
+optimizers, and the shared validation / test / predict loop (decode, score, report, write).
+
+Subclasses implement :meth:`Seq2SeqModule.evaluation_loss`, :meth:`Seq2SeqModule.generate` and
+:meth:`Seq2SeqModule.decoding_settings`, and their own ``training_step``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_diffusion.metrics import corpus_bleu, rouge
+from lightning_diffusion.types import Seq2SeqBatch
+
+CHECKPOINT_KEY = "lightning_diffusion"
+
+
+@dataclass
+class Generation:
+    """Decoded hypotheses for ``B`` sources.
+
+    Attributes:
+        texts: the chosen hypothesis per source.
+        nfe: network calls per candidate sequence (sampling steps; generated tokens for autoregressive search).
+        candidates: candidates decoded per source (length beam x noise beam; MBR picks one).
+    """
+
+    texts: list[str]
+    nfe: int
+    candidates: int
+
+    @property
+    def calls_per_sentence(self) -> int:
+        """Sequence evaluations of the denoiser spent per source: ``nfe * candidates``."""
+        return self.nfe * self.candidates
+
+
+class Seq2SeqModule(LightningModule):
+    """Shared machinery of the library's LightningModules.
+
+    Args:
+        optimizer: factory called with the parameters (LightningCLI's ``OptimizerCallable``).
+        lr_scheduler: optional factory called with the optimizer; stepped every optimizer step.
+        log_samples: decoded validation samples printed after each validation.
+        decode_seed: seed of the decoding noise, so validation scores are reproducible.
+        decode_during_validation: decode and score BLEU/ROUGE in validation (else only the loss).
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        log_samples: int = 3,
+        decode_seed: int = 0,
+        decode_during_validation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.log_samples = log_samples
+        self.decode_seed = decode_seed
+        self.decode_during_validation = decode_during_validation
+        self.tokenizer: Any = None
+        self.tokenizer_fingerprint: str | None = None
+        self.checkpoint_tokenizer_fingerprint: str | None = None
+        self.checkpoint_step: int | None = None
+        self._outputs: list[dict[str, Any]] = []
+        self.last_report: dict[str, Any] = {}
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Size of the vocabulary the network was built for."""
+
+    @abstractmethod
+    def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training objective on an evaluation batch: scalar loss and named terms (batch means)."""
+
+    @abstractmethod
+    def generate(self, src_ids: Tensor, src_mask: Tensor, generator: torch.Generator | None = None) -> Generation:
+        """Decode ``B`` sources ``[B, S]`` into hypotheses."""
+
+    @abstractmethod
+    def decoding_settings(self) -> str:
+        """The decoding settings in words, printed next to every score."""
+
+    # ------------------------------------------------------------------ wiring
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "tokenizer"):
+            return
+        self.attach_tokenizer(datamodule.tokenizer, datamodule.tokenizer_fingerprint)
+        if stage == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
+            datamodule.save_tokenizer(f"{self.trainer.log_dir}/tokenizer")
+
+    def attach_tokenizer(self, tokenizer: Any, fingerprint: str) -> None:
+        """Give the module the tokenizer it decodes with (the data module's, or one loaded by hand)."""
+        if len(tokenizer) != self.vocab_size:
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but the denoiser was built for {self.vocab_size}"
+            )
+        self.tokenizer = tokenizer
+        self.tokenizer_fingerprint = fingerprint
+        self._check_tokenizer()
+
+    def _check_tokenizer(self) -> None:
+        stored, current = self.checkpoint_tokenizer_fingerprint, self.tokenizer_fingerprint
+        if stored and current and stored != current:
+            raise ValueError(
+                "the checkpoint was trained with a different tokenizer (vocabulary fingerprint "
+                f"{stored[:12]}..., the attached one is {current[:12]}...): point "
+                "data.init_args.tokenizer at the run's saved tokenizer directory (<run dir>/tokenizer)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"tokenizer_fingerprint": self.tokenizer_fingerprint}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_tokenizer_fingerprint = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
+        self.checkpoint_step = checkpoint.get("global_step")
+        self._check_tokenizer()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def decode_ids(self, token_ids: Tensor) -> list[str]:
+        """Token ids ``[B, L]`` -> strings: cut at the first EOS, drop special tokens, detokenize."""
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer attached: call attach_tokenizer() or run through a Trainer with the data module")
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for row in token_ids.tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def _decode_batch(self, batch: Seq2SeqBatch) -> list[dict[str, Any]]:
+        generator = torch.Generator(device=self.device).manual_seed(self.decode_seed + int(batch.index[0]))
+        result = self.generate(batch.src_ids, batch.src_mask, generator)
+        rows = []
+        for i, hyp in enumerate(result.texts):
+            row: dict[str, Any] = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hyp}
+            if batch.tgt_text is not None:
+                row["reference"] = batch.tgt_text[i]
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Seq2SeqBatch, stage: str) -> None:
+        loss, terms, _, _ = self.compute_losses(batch)
+        n = len(batch)
+        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, batch_size=n, sync_dist=True)
+        if stage == "test" or self.decode_during_validation:
+            self._outputs.extend(self._decode_batch(batch))
+
+    def validation_step(self, batch: Seq2SeqBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Seq2SeqBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    def _gather_rows(self) -> list[dict[str, Any]]:
+        rows = self._outputs
+        if self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        unique = {row["index"]: row for row in rows}
+        return [unique[i] for i in sorted(unique)]
+
+    def _score(self, stage: str) -> None:
+        if stage == "val" and not self.decode_during_validation:
+            return
+        rows = self._gather_rows()
+        self._outputs = []
+        if not rows:
+            return
+        hyps = [row["hypothesis"] for row in rows]
+        refs = [row["reference"] for row in rows]
+        bleu = corpus_bleu(hyps, refs)
+        scores = rouge(hyps, refs, keys=("rouge1", "rouge2", "rougeL"))
+        sanity = self.trainer.sanity_checking
+        fitting = self.trainer.state.fn == "fit"
+        step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
+        if not sanity:
+            self.log(f"{stage}/bleu", bleu.score, rank_zero_only=True, batch_size=len(rows))
+            for key, value in scores.items():
+                self.log(f"{stage}/{key}", value, rank_zero_only=True, batch_size=len(rows))
+        when = "before training (sanity check)" if sanity else f"step {step}"
+        self.last_report = {
+            "stage": stage,
+            "step": 0 if sanity else step,
+            "bleu": bleu.score,
+            "signature": bleu.signature,
+            **scores,
+            "sentences": len(rows),
+            "settings": self.decoding_settings(),
+            "samples": rows[: self.log_samples],
+        }
+        lines = [
+            f"[{stage} @ {when}] BLEU {bleu.score:.2f} | ROUGE-1/2/L {scores['rouge1']:.1f}/{scores['rouge2']:.1f}/"
+            f"{scores['rougeL']:.1f} (F1 x100) | {len(rows)} sentences",
+            f"  decoding: {self.decoding_settings()}",
+            f"  sacreBLEU signature: {bleu.signature}",
+        ]
+        for row in rows[: self.log_samples]:
+            lines += [f"  src: {row['source']}", f"  hyp: {row['hypothesis']}", f"  ref: {row['reference']}", ""]
+        rank_zero_info("\n".join(lines).rstrip())
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, batch: Seq2SeqBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return self._decode_batch(batch)
+
