@@ -54,7 +54,12 @@ def backend_for(tensor: Tensor) -> str:
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    causal: bool = False,
 ) -> Tensor:
     """Multi-head scaled dot-product attention ``softmax(q k^T / sqrt(K)) v``.
 
@@ -63,33 +68,62 @@ def attention(
         k, v: ``[B, N, H, K]`` keys and values.
         key_padding_mask: ``[B, N]`` bool, True at keys that may be attended (real tokens); None = all.
         dropout_p: attention dropout (pass 0 in eval).
+        causal: query ``i`` attends only keys ``j <= N - M + i``: the queries are the last ``M`` of the
+            ``N`` positions (``M == N`` in teacher forcing; ``M < N`` when decoding incrementally with
+            cached keys). Combined with ``key_padding_mask`` when both are given.
 
     Returns:
         ``[B, M, H, K]``.
     """
+    if causal and q.shape[1] > k.shape[1]:
+        raise ValueError(f"causal attention needs at most as many queries ({q.shape[1]}) as keys ({k.shape[1]})")
     if backend_for(q) == "xformers":
-        return _xformers_attention(q, k, v, key_padding_mask, dropout_p)
-    return _sdpa_attention(q, k, v, key_padding_mask, dropout_p)
+        return _xformers_attention(q, k, v, key_padding_mask, dropout_p, causal)
+    return _sdpa_attention(q, k, v, key_padding_mask, dropout_p, causal)
 
 
-def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float) -> Tensor:
+def causal_mask(m: int, n: int, device: torch.device | str | None = None) -> Tensor:
+    """``[M, N]`` bool, True where query ``i`` (the ``i``-th of the last ``M`` positions) may attend key ``j``:
+    ``j <= N - M + i`` (the causal mask aligned to the end of the keys)."""
+    return torch.ones(m, n, dtype=torch.bool, device=device).tril(diagonal=n - m)
+
+
+def _sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float, causal: bool = False
+) -> Tensor:
+    m, n = q.shape[1], k.shape[1]
     mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    is_causal = False
+    if causal and m > 1:  # one query that is the last position sees every key: nothing to mask
+        if mask is None and m == n:
+            is_causal = True  # SDPA's own (top-left aligned) causal mask is the right one when M == N
+        else:
+            tri = causal_mask(m, n, q.device)[None, None]
+            mask = tri if mask is None else mask & tri
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
     )
     return out.transpose(1, 2)
 
 
-def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float) -> Tensor:
+def _xformers_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float, causal: bool = False
+) -> Tensor:
     import xformers.ops as xops
 
     bias = None
-    if key_padding_mask is not None:
+    causal = causal and q.shape[1] > 1
+    if key_padding_mask is not None or causal:
         b, m, h, _ = q.shape
         n = k.shape[1]
         # xformers wants the bias' last dim padded to a multiple of 8 for aligned loads; slice back to n.
         padded = (n + 7) // 8 * 8
         full = torch.zeros(b, h, m, padded, dtype=q.dtype, device=q.device)
         bias = full[..., :n]
-        bias.masked_fill_(~key_padding_mask[:, None, None, :], float("-inf"))
+        allowed = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        if causal:
+            tri = causal_mask(m, n, q.device)[None, None]
+            allowed = tri if allowed is None else allowed & tri
+        assert allowed is not None
+        bias.masked_fill_(~allowed, float("-inf"))
     return xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -127,3 +127,47 @@ class AdaptiveScheduleRefit(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.refits = int(state_dict.get("refits", 0))
+
+
+def warmup_ema_multi_avg_fn(decay: float) -> Any:
+    """EMA update whose decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the
+    average follows the weights early in training instead of lagging ~``1 / (1 - decay)`` steps behind."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return update
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` with a decay warm-up
+    (``min(decay, (1 + n) / (10 + n))``), so a 0.9999 EMA is useful after hundreds of steps, not only after
+    tens of thousands. Validation, checkpoints and the final weights use the average, as in Lightning.
+
+    Buffers (noise-schedule tables, timestep-sampler history) are never averaged: they are copied.
+
+    Args:
+        decay: the long-run EMA decay.
+        warmup: use the warm-up (False gives Lightning's plain EMA).
+        update_every_n_steps, update_starting_at_step: as in ``EMAWeightAveraging``.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.9999,
+        warmup: bool = True,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+    ) -> None:
+        super().__init__(
+            use_buffers=False,
+            decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+        )
+        if warmup:
+            self._kwargs.pop("avg_fn", None)
+            self._kwargs["multi_avg_fn"] = warmup_ema_multi_avg_fn(decay)

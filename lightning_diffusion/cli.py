@@ -5,7 +5,7 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_diffusion.data import Seq2SeqDataModule
-from lightning_diffusion.module import DiffusionLM
+from lightning_diffusion.seq2seq import Seq2SeqModule
 
 
 class LightningDiffusionCLI(LightningCLI):
@@ -26,7 +26,7 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
     calls ``sys.exit(main())``, which would print any other object and exit with status 1.
     """
     cli = LightningDiffusionCLI(
-        DiffusionLM,
+        Seq2SeqModule,
         Seq2SeqDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

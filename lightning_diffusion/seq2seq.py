@@ -160,7 +160,7 @@ class Seq2SeqModule(LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Seq2SeqBatch, stage: str) -> None:
-        loss, terms, _, _ = self.compute_losses(batch)
+        loss, terms = self.evaluation_loss(batch)
         n = len(batch)
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
         for name, value in terms.items():

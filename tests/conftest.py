@@ -109,18 +109,28 @@ def tiny_datamodule(tiny_data: TinyData) -> Any:
     )
 
 
-def _denoiser_class(recipe: Path | None) -> type | None:
-    """The class named by ``model.init_args.denoiser.class_path`` in ``recipe`` (None if not found)."""
+def _sized_part(recipe: Path | None) -> tuple[str, type | None]:
+    """The model part the tiny sizes go to and its class: ``("denoiser", cls)`` from
+    ``model.init_args.denoiser.class_path`` or, for a model without a denoiser (the autoregressive baseline),
+    ``("network", cls)`` from ``model.init_args.network.class_path``; the class is None if not found."""
     if recipe is None:
-        return None
+        return "denoiser", None
     config = yaml.safe_load(Path(recipe).read_text()) or {}
     model = config.get("model") or {}
-    denoiser = (model.get("init_args") or model).get("denoiser") or {}
-    class_path = denoiser.get("class_path") if isinstance(denoiser, dict) else None
+    init_args = model.get("init_args") or model
+    part = "denoiser" if "denoiser" in init_args or "network" not in init_args else "network"
+    spec = init_args.get(part) or {}
+    class_path = spec.get("class_path") if isinstance(spec, dict) else None
     if not class_path or "." not in class_path:
-        return None
+        return part, None
     module_name, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), name, None)
+    return part, getattr(importlib.import_module(module_name), name, None)
+
+
+def _denoiser_class(recipe: Path | None) -> type | None:
+    """The class named by ``model.init_args.denoiser.class_path`` in ``recipe`` (None if not found)."""
+    part, cls = _sized_part(recipe)
+    return cls if part == "denoiser" else None
 
 
 def _recipe_key(recipe: Path | None) -> str | None:
@@ -143,7 +153,7 @@ def make_tiny_overrides(
 ) -> list[str]:
     """CLI arguments that make a recipe tiny and point it at the tiny data; runs write under ``root``."""
     recipe_path = Path(recipe) if recipe is not None else None
-    cls = _denoiser_class(recipe_path)
+    part, cls = _sized_part(recipe_path)
     accepted = set(inspect.signature(cls.__init__).parameters) if cls is not None else None
     args: list[str] = []
     for key, value in TINY_DENOISER.items():
@@ -151,9 +161,9 @@ def make_tiny_overrides(
             continue  # no class to ask: assume the DiffuSeq-style names
         if accepted is not None and key not in accepted:
             continue
-        args += [f"--model.denoiser.{key}", str(value)]
+        args += [f"--model.{part}.{key}", str(value)]
     options: dict[str, Any] = {
-        "model.sampler.steps": 3,
+        **({"model.sampler.steps": 3} if part == "denoiser" else {}),
         "data.train_file": data.train,
         "data.val_file": data.valid,
         "data.test_file": data.test,

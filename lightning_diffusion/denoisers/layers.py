@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,40 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.frequency_dim))
 
 
+@dataclass
+class KVCache:
+    """Projected keys and values of one :class:`TransformerLayer`, kept across incremental decoding steps.
+
+    Attributes:
+        self_k, self_v: ``[B, N, heads, head_dim]`` self-attention keys/values of the ``N`` positions decoded
+            so far; each step appends its own (None before the first step).
+        cross_k, cross_v: ``[B, S, heads, head_dim]`` cross-attention keys/values of the encoder output,
+            projected once per source (None until the first step, or filled by
+            :meth:`MultiHeadAttention.project_kv`).
+    """
+
+    self_k: Tensor | None = None
+    self_v: Tensor | None = None
+    cross_k: Tensor | None = None
+    cross_v: Tensor | None = None
+
+    def reorder(self, indices: Tensor, cross: bool = True) -> KVCache:
+        """Keep rows ``indices`` ``[B']`` (long) in this order, in place (beam search: the beams each new beam
+        continues; dropping finished sources). ``cross=False`` leaves the cross-attention keys/values alone,
+        which is right when every row keeps its source (beams of one source share them). Returns ``self``."""
+        self.self_k = None if self.self_k is None else self.self_k.index_select(0, indices)
+        self.self_v = None if self.self_v is None else self.self_v.index_select(0, indices)
+        if cross:
+            self.cross_k = None if self.cross_k is None else self.cross_k.index_select(0, indices)
+            self.cross_v = None if self.cross_v is None else self.cross_v.index_select(0, indices)
+        return self
+
+    @property
+    def length(self) -> int:
+        """Positions cached for self-attention so far."""
+        return 0 if self.self_k is None else self.self_k.shape[1]
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention through :func:`lightning_diffusion.attention.attention`."""
 
@@ -50,14 +85,45 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(hidden_dim, hidden_dim)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``context`` ``[B, N, H]`` -> two ``[B, N, heads, head_dim]``."""
+        b, n, _ = context.shape
+        k, v = self.kv_proj(context).view(b, n, 2, self.num_heads, self.head_dim).unbind(2)
+        return k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """``x`` ``[B, M, H]`` attends over ``context`` ``[B, N, H]`` (default ``x``) with key padding mask
-        ``context_mask`` ``[B, N]`` (True = attend) -> ``[B, M, H]``."""
-        context = x if context is None else context
+        ``context_mask`` ``[B, N]`` (True = attend) -> ``[B, M, H]``.
+
+        ``causal``: position ``i`` of ``x`` attends only keys up to its own position (aligned to the end of
+        the keys when a cache holds earlier positions). With a ``cache``, self-attention (``context`` None)
+        appends this call's keys/values to ``cache.self_k/self_v`` and attends over all of them (then
+        ``context_mask``, if given, covers all ``N`` cached positions); cross-attention projects ``context``
+        into ``cache.cross_k/cross_v`` on the first call and reuses them afterwards (``context`` is then only
+        read for its presence).
+        """
         b, m, _ = x.shape
         q = self.q_proj(x).view(b, m, self.num_heads, self.head_dim)
-        k, v = self.kv_proj(context).view(b, context.shape[1], 2, self.num_heads, self.head_dim).unbind(2)
-        out = attention(q, k, v, context_mask, self.dropout if self.training else 0.0)
+        if cache is None:
+            k, v = self.project_kv(x if context is None else context)
+        elif context is None:
+            k, v = self.project_kv(x)
+            if cache.self_k is not None and cache.self_v is not None:
+                k = torch.cat([cache.self_k, k], dim=1)
+                v = torch.cat([cache.self_v, v], dim=1)
+            cache.self_k, cache.self_v = k, v
+        else:
+            if cache.cross_k is None or cache.cross_v is None:
+                cache.cross_k, cache.cross_v = self.project_kv(context)
+            k, v = cache.cross_k, cache.cross_v
+        out = attention(q, k, v, context_mask, self.dropout if self.training else 0.0, causal=causal)
         return self.out_proj(out.reshape(b, m, -1))
 
 
@@ -99,19 +165,28 @@ class TransformerLayer(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         time_emb: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """``x`` ``[B, M, H]``, ``mask`` ``[B, M]`` (True = real), ``context`` ``[B, N, H]`` with
-        ``context_mask`` ``[B, N]``, ``time_emb`` ``[B, H]`` (used only with ``adaptive_norm``) -> ``[B, M, H]``."""
+        ``context_mask`` ``[B, N]``, ``time_emb`` ``[B, H]`` (used only with ``adaptive_norm``) -> ``[B, M, H]``.
+
+        ``causal`` makes the self-attention causal; ``cache`` (:class:`KVCache`) keeps this layer's
+        self-attention keys/values across incremental decoding calls (``x`` is then the newest positions and
+        ``mask``, if given, covers every cached position) and its cross-attention keys/values across calls.
+        """
         if self.modulation is not None:
             if time_emb is None:
                 raise ValueError("adaptive_norm layers need time_emb")
             shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(time_emb)[:, None].chunk(6, dim=-1)
             h = self.self_norm(x) * (1 + scale1) + shift1
-            x = x + gate1 * self.dropout(self.self_attn(h, context_mask=mask))
+            x = x + gate1 * self.dropout(self.self_attn(h, context_mask=mask, causal=causal, cache=cache))
         else:
-            x = x + self.dropout(self.self_attn(self.self_norm(x), context_mask=mask))
+            x = x + self.dropout(self.self_attn(self.self_norm(x), context_mask=mask, causal=causal, cache=cache))
         if self.cross_attn is not None:
-            x = x + self.dropout(self.cross_attn(self.cross_norm(x), context, context_mask))
+            if context is None and cache is not None:
+                raise ValueError("a cached cross-attention layer needs its context (the encoder output)")
+            x = x + self.dropout(self.cross_attn(self.cross_norm(x), context, context_mask, cache=cache))
         if self.modulation is not None:
             x = x + gate2 * self.dropout(self.ffn(self.ffn_norm(x) * (1 + scale2) + shift2))
         else:

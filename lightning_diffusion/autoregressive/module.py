@@ -1,0 +1,175 @@
+"""The autoregressive baseline's LightningModule: teacher-forced training with label smoothing, greedy or beam
+search decoding, and the shared validation / test / predict loop of :class:`Seq2SeqModule`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor
+
+from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
+from lightning_diffusion.autoregressive.search import GreedySearch, Search
+from lightning_diffusion.data.tokenizer import SPECIAL_TOKENS, special_ids
+from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
+from lightning_diffusion.types import Seq2SeqBatch
+
+_INJECTED = ["network", "search", "optimizer", "lr_scheduler"]
+
+# Ids of the library's trained tokenizers, used while no tokenizer is attached.
+_DEFAULT_IDS = {name: SPECIAL_TOKENS.index(token) for name, token in (("pad", "<pad>"), ("bos", "<s>"), ("eos", "</s>"))}
+
+
+class AutoregressiveLM(Seq2SeqModule):
+    """Left-to-right encoder-decoder Transformer, the baseline of the diffusion models (same blocks, same size).
+
+    Training is teacher forcing: the decoder reads ``[BOS] + target[:-1]`` and predicts the target
+    (tokens + EOS) under label-smoothed cross-entropy, padded positions ignored. Decoding runs ``search``
+    (greedy or beam) with the KV cache, one decoder call per generated position.
+
+    Args:
+        network: factory called with ``vocab_size`` that builds the :class:`TransformerSeq2Seq` (in a
+            recipe: its ``class_path`` and ``init_args`` without ``vocab_size``).
+        search: the decoding rule; default :class:`GreedySearch`.
+        optimizer: factory called with the parameters (LightningCLI's ``OptimizerCallable``).
+        lr_scheduler: optional factory called with the optimizer; stepped every optimizer step.
+        vocab_size: filled in from the data module's tokenizer.
+        label_smoothing: mass spread uniformly over the vocabulary in the training loss (0.1 in the paper).
+        max_length, length_ratio, length_offset: a source of ``n`` tokens gets hypotheses of at most
+            ``min(max_length, ceil(length_ratio * n) + length_offset)`` tokens, EOS included.
+        log_samples: decoded validation samples printed after each validation.
+        decode_seed: kept for the shared interface (the searches are deterministic).
+        decode_during_validation: decode and score BLEU/ROUGE in validation (else only the loss).
+    """
+
+    def __init__(
+        self,
+        network: Callable[[int], TransformerSeq2Seq],
+        search: Search | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        vocab_size: int = 0,
+        label_smoothing: float = 0.1,
+        max_length: int = 128,
+        length_ratio: float = 1.5,
+        length_offset: int = 10,
+        log_samples: int = 3,
+        decode_seed: int = 0,
+        decode_during_validation: bool = True,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
+        if _given_hyperparameters.get() is not None:
+            # Built by the CLI: the hyperparameters are the recipe's config (class_path/init_args), which
+            # load_from_checkpoint re-instantiates.
+            self.save_hyperparameters()
+        else:
+            self.save_hyperparameters(ignore=_INJECTED)
+        if vocab_size < 2:
+            raise ValueError(
+                f"vocab_size is {vocab_size}: it comes from the data module's tokenizer "
+                "(the CLI links data.vocab_size to model.init_args.vocab_size)"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.network = network(vocab_size)
+        self.search = search if search is not None else GreedySearch()
+        self.label_smoothing = label_smoothing
+        self.max_length = max_length
+        self.length_ratio = length_ratio
+        self.length_offset = length_offset
+
+    @property
+    def vocab_size(self) -> int:
+        return self.network.vocab_size
+
+    # ------------------------------------------------------------------ special ids
+    @property
+    def pad_id(self) -> int:
+        return special_ids(self.tokenizer).pad if self.tokenizer is not None else _DEFAULT_IDS["pad"]
+
+    @property
+    def eos_id(self) -> int:
+        """The EOS the data module appends to targets (the SEP token when the tokenizer has no EOS)."""
+        return special_ids(self.tokenizer).eos if self.tokenizer is not None else _DEFAULT_IDS["eos"]
+
+    @property
+    def bos_id(self) -> int:
+        """The decoder's start token: the tokenizer's BOS, else its EOS (as fairseq starts decoding)."""
+        if self.tokenizer is None:
+            return _DEFAULT_IDS["bos"]
+        bos = self.tokenizer.bos_token_id
+        return int(bos) if bos is not None else self.eos_id
+
+    # ------------------------------------------------------------------ training
+    def compute_losses(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """The training objective on one batch (token-level mean over the batch's real target positions).
+
+        Returns:
+            the scalar label-smoothed loss, the named terms (``nll``: the unsmoothed token NLL), the
+            per-token NLL ``[B, L]`` and the target mask ``[B, L]`` (the shape of DiffusionLM's 4-tuple, which
+            the shared evaluation loop unpacks).
+        """
+        if batch.tgt_ids is None or batch.tgt_mask is None:
+            raise ValueError("training and validation batches need targets")
+        target, mask = batch.tgt_ids, batch.tgt_mask
+        bos = torch.full_like(target[:, :1], self.bos_id)
+        prev_ids = torch.cat([bos, target[:, :-1]], dim=1)
+        cond = self.network.encode(batch.src_ids, batch.src_mask)
+        logits = self.network(prev_ids, cond)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        nll = -log_probs.gather(-1, target[..., None]).squeeze(-1)  # [B, L]
+        smooth = -log_probs.mean(-1)  # [B, L] cross-entropy against the uniform distribution
+        per_token = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
+        weights = mask.to(per_token.dtype)
+        count = weights.sum().clamp_min(1.0)
+        loss = (per_token * weights).sum() / count
+        nll_mean = (nll.detach() * weights).sum() / count
+        return loss, {"nll": nll_mean}, nll.detach(), mask
+
+    def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, terms, _, _ = self.compute_losses(batch)
+        return loss, terms
+
+    def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
+        loss, terms, _, _ = self.compute_losses(batch)
+        if not torch.isfinite(loss):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
+                "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
+            )
+        n = len(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------ decoding
+    def max_lengths(self, src_mask: Tensor) -> Tensor:
+        """Most tokens (EOS included) per hypothesis ``[B]``: ``min(max_length, ceil(ratio * n) + offset)`` for a
+        source of ``n`` tokens, and no more than the decoder has positions for."""
+        src_len = src_mask.sum(-1).to(torch.float64)
+        lengths = torch.ceil(self.length_ratio * src_len).long() + self.length_offset
+        cap = min(self.max_length, self.network.max_positions)
+        return lengths.clamp(1, cap)
+
+    @torch.no_grad()
+    def generate(self, src_ids: Tensor, src_mask: Tensor, generator: torch.Generator | None = None) -> Generation:
+        """Decode ``B`` sources ``[B, S]``: encode once, then search with the KV cache (``generator`` is unused:
+        the searches are deterministic)."""
+        cond = self.network.encode(src_ids, src_mask)
+        out = self.search.search(self.network, cond, self.bos_id, self.eos_id, self.pad_id, self.max_lengths(src_mask))
+        return Generation(texts=self.decode_ids(out.token_ids), nfe=out.steps, candidates=self.search.beam_size)
+
+    def decoding_settings(self) -> str:
+        """The settings every reported score comes with."""
+        return (
+            f"{self.search.describe()}, max length min({self.max_length}, ceil({self.length_ratio:g} x source length) "
+            f"+ {self.length_offset}) tokens, NFE = decoder steps (KV cache; encoder run once per source"
+            f"{', beams decoded in one batch' if self.search.beam_size > 1 else ''})"
+        )
