@@ -1,0 +1,230 @@
+"""What the quality benchmarks train: tasks (data files, metric) and systems (recipe + overlays + CLI args).
+
+A *system* is data, not code: a recipe pattern, overlays, extra CLI arguments and the decoding variants to
+score. The default list has the three diffusion families and the autoregressive baseline; a JSON file with
+the same fields (``--systems-file``) replaces it, e.g. to add a family or change the CPU-scale settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DEFAULT_DATA_ROOT, REPO, read_json
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset and how it is scored.
+
+    Attributes:
+        name: also the recipe file stem (``recipes/<family>/<name>.yaml``).
+        kind: ``translation`` (BLEU) or ``summarization`` (ROUGE).
+        data_dir: directory under the data root.
+        train, valid, test: file names in ``data_dir`` (Gigaword's sample has no test split: valid is the test).
+        fallback_recipe: recipe stem used when a family has no recipe for this task (data paths are overridden).
+        args: extra CLI arguments for every system on this task.
+        system_args: extra CLI arguments per system name on this task.
+        note: printed with the results.
+    """
+
+    name: str
+    kind: str
+    data_dir: str
+    train: str
+    valid: str
+    test: str
+    fallback_recipe: str | None = None
+    args: tuple[str, ...] = ()
+    system_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def metric(self) -> str:
+        return "bleu" if self.kind == "translation" else "rougeL"
+
+    def files(self, data_root: Path) -> dict[str, Path]:
+        root = Path(data_root) / self.data_dir
+        return {"train": root / self.train, "valid": root / self.valid, "test": root / self.test}
+
+
+TASKS: dict[str, Task] = {
+    "multi30k_en_de": Task(
+        "multi30k_en_de",
+        "translation",
+        "multi30k_en_de",
+        "train.jsonl",
+        "valid.jsonl",
+        "test.jsonl",
+        note="Multi30k En->De, test = test_2016_flickr (1,000 sentences)",
+    ),
+    "iwslt14_de_en": Task(
+        "iwslt14_de_en",
+        "translation",
+        "iwslt14_de_en",
+        "train_sample.jsonl",
+        "valid.jsonl",
+        "test.jsonl",
+        fallback_recipe="multi30k_en_de",
+        note="IWSLT14 De->En: 8,766-pair training sample (not the full 160k), standard fairseq test set "
+        "(6,750 sentences, lowercased)",
+    ),
+    "gigaword": Task(
+        "gigaword",
+        "summarization",
+        "gigaword",
+        "train.jsonl",
+        "valid.jsonl",
+        "valid.jsonl",
+        note="Gigaword 10,000-pair training sample; the 500-pair valid sample is the test set (not the standard "
+        "1,951-pair test set)",
+    ),
+    "dialogsum": Task(
+        "dialogsum",
+        "summarization",
+        "dialogsum",
+        "train.jsonl.gz",
+        "valid.jsonl",
+        "test.jsonl",
+        fallback_recipe="gigaword",
+        # Dialogues are long: longer sources and summaries than the Gigaword recipes they borrow.
+        args=("--data.max_src_len", "160", "--data.max_tgt_len", "64", "--model.max_length", "64"),
+        system_args={"seqdiffuseq": ("--model.schedule.max_length", "64")},
+        note="DialogSum (Gigaword recipes with 160-token sources, 64-token summaries); scored against the "
+        "first reference (summary1) only",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class System:
+    """One trained model configuration.
+
+    Attributes:
+        name: short name (run directory, table row).
+        family: diffuseq | seqdiffuseq | difformer | autoregressive (or your own).
+        recipe: recipe path pattern relative to the repository, ``{task}`` filled in.
+        overlays: further ``-c`` files after the recipe.
+        args: extra CLI arguments (layer counts, beams).
+        decodings: name -> attribute overrides applied to the loaded module before decoding
+            (``{"sampler.steps": 50}``, ``{"search": {"class_path": ..., "init_args": {...}}}``); the first
+            one is the system's primary decoding (curves, speed tables).
+        requires: importable names the system needs (checked before training).
+    """
+
+    name: str
+    family: str
+    recipe: str
+    overlays: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    decodings: dict[str, dict[str, Any]] = field(default_factory=lambda: {"recipe": {}})
+    requires: tuple[str, ...] = ()
+
+    def resolve_recipe(self, task: Task, repo: Path = REPO) -> tuple[Path | None, bool]:
+        """``(recipe path, fallback used)``; None when neither the task's nor the fallback recipe exists."""
+        path = repo / self.recipe.format(task=task.name)
+        if path.is_file():
+            return path, False
+        if task.fallback_recipe:
+            path = repo / self.recipe.format(task=task.fallback_recipe)
+            if path.is_file():
+                return path, True
+        return None, False
+
+    def unavailable(self, task: Task, repo: Path = REPO) -> str | None:
+        """Why this system cannot run on ``task`` here (missing recipe, overlay or class), else None."""
+        recipe, _ = self.resolve_recipe(task, repo)
+        if recipe is None:
+            return f"no recipe {self.recipe.format(task=task.name)}"
+        for overlay in self.overlays:
+            if not (repo / overlay).is_file():
+                return f"overlay {overlay} not found"
+        for name in self.requires:
+            module_name, _, attr = name.rpartition(".")
+            try:
+                getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as err:
+                return f"{name} not importable ({err})"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["overlays"], data["args"], data["requires"] = (
+            list(self.overlays),
+            list(self.args),
+            list(self.requires),
+        )
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> System:
+        data = dict(data)
+        for key in ("overlays", "args", "requires"):
+            data[key] = tuple(data.get(key, ()))
+        data.setdefault("decodings", {"recipe": {}})
+        return cls(**data)
+
+
+CPU_SMALL = "recipes/overlays/cpu_small.yaml"
+CPU_SMALL_AR = "recipes/overlays/cpu_small_autoregressive.yaml"
+ENC_DEC_LAYERS = ("--model.denoiser.encoder_layers", "3", "--model.denoiser.decoder_layers", "3")
+
+SYSTEMS: list[System] = [
+    System(
+        "diffuseq",
+        "diffuseq",
+        "recipes/diffuseq/{task}.yaml",
+        (CPU_SMALL,),
+        ("--model.denoiser.num_layers", "3"),
+    ),
+    System("seqdiffuseq", "seqdiffuseq", "recipes/seqdiffuseq/{task}.yaml", (CPU_SMALL,), ENC_DEC_LAYERS),
+    System(
+        "difformer",
+        "difformer",
+        "recipes/difformer/{task}.yaml",
+        (CPU_SMALL,),
+        (*ENC_DEC_LAYERS, "--model.length_beam", "3"),
+    ),
+    System(
+        "autoregressive",
+        "autoregressive",
+        "recipes/autoregressive/{task}.yaml",
+        (CPU_SMALL_AR,),
+        ("--model.network.encoder_layers", "3", "--model.network.decoder_layers", "3"),
+        decodings={
+            "greedy": {"search": {"class_path": "lightning_diffusion.autoregressive.GreedySearch"}},
+            "beam4": {
+                "search": {
+                    "class_path": "lightning_diffusion.autoregressive.BeamSearch",
+                    "init_args": {"beam_size": 4},
+                }
+            },
+        },
+        requires=("lightning_diffusion.autoregressive.AutoregressiveLM",),
+    ),
+]
+
+
+def load_systems(path: str | Path | None) -> list[System]:
+    """The default systems, or those of a JSON file (a list of :class:`System` fields)."""
+    if path is None:
+        return list(SYSTEMS)
+    return [System.from_dict(item) for item in read_json(Path(path))]
+
+
+def select(systems: list[System], names: str | None) -> list[System]:
+    """Keep the comma-separated ``names`` (all when None), in the given order."""
+    if not names:
+        return systems
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    by_name = {s.name: s for s in systems}
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+        raise SystemExit(f"unknown systems {missing}; known: {sorted(by_name)}")
+    return [by_name[n] for n in wanted]
+
+
+def data_root_default() -> Path:
+    return DEFAULT_DATA_ROOT

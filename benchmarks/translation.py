@@ -1,0 +1,23 @@
+"""Translation quality against the autoregressive baseline at an equal CPU training budget.
+
+Multi30k En->De and IWSLT14 De->En (training sample, standard test set): each diffusion family
+(DiffuSeq, SeqDiffuSeq, Difformer) and the autoregressive Transformer are trained for ``--budget-minutes``
+of wall-clock training on CPU, then scored with sacreBLEU (with its signature) on the test set. Writes
+``results/translation_<task>.json`` and ``.md`` and ``results/bleu_vs_training_time_<task>.png``.
+
+    python -m benchmarks.translation --budget-minutes 3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from benchmarks import quality
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    quality.main("translation", argv, "benchmarks.translation")
+
+
+if __name__ == "__main__":
+    main()

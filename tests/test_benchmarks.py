@@ -1,0 +1,429 @@
+"""Smoke tests of the benchmarks (benchmarks/): every entry point runs on tiny data with tiny models and a
+couple of training steps, and writes JSON with the documented fields, a markdown table and (with matplotlib)
+its plots; run_all writes RESULTS.md from all of them. The real benchmarks are not run here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, TinyData
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import attention, report, speed, summarization, throughput, translation  # noqa: E402
+from benchmarks.common import format_max_time  # noqa: E402
+from benchmarks.quality import benchmark_overlay  # noqa: E402
+from benchmarks.systems import SYSTEMS, TASKS, System  # noqa: E402
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAS_AR = importlib.util.find_spec("lightning_diffusion.autoregressive") is not None
+
+TINY_DENOISER = [
+    "--model.denoiser.hidden_dim",
+    "32",
+    "--model.denoiser.num_heads",
+    "2",
+    "--model.denoiser.ffn_dim",
+    "64",
+    "--model.denoiser.latent_dim",
+    "16",
+]
+
+
+def tiny_systems(cache: Path) -> list[dict[str, Any]]:
+    common = [
+        "--data.tokenizer_vocab_size",
+        "300",
+        "--data.max_tokens",
+        "256",
+        "--data.eval_max_tokens",
+        "1024",
+        "--data.tokenizer_cache_dir",
+        str(cache),
+        "--trainer.accelerator",
+        "cpu",
+    ]
+    systems = [
+        {
+            "name": "difformer",
+            "family": "difformer",
+            "recipe": "recipes/difformer/{task}.yaml",
+            "args": [
+                *TINY_DENOISER,
+                "--model.denoiser.encoder_layers",
+                "1",
+                "--model.denoiser.decoder_layers",
+                "1",
+                "--model.sampler.steps",
+                "3",
+                "--model.length_beam",
+                "2",
+                "--model.noise_beam",
+                "1",
+                *common,
+            ],
+        },
+        {
+            "name": "diffuseq",
+            "family": "diffuseq",
+            "recipe": "recipes/diffuseq/{task}.yaml",
+            "args": [
+                *TINY_DENOISER,
+                "--model.denoiser.num_layers",
+                "1",
+                "--model.sampler.steps",
+                "3",
+                "--model.noise_beam",
+                "2",
+                *common,
+            ],
+        },
+    ]
+    if HAS_AR:
+        systems.append(
+            {
+                "name": "autoregressive",
+                "family": "autoregressive",
+                "recipe": "recipes/autoregressive/{task}.yaml",
+                "args": [
+                    "--model.network.hidden_dim",
+                    "32",
+                    "--model.network.num_heads",
+                    "2",
+                    "--model.network.ffn_dim",
+                    "64",
+                    "--model.network.encoder_layers",
+                    "1",
+                    "--model.network.decoder_layers",
+                    "1",
+                    *common,
+                ],
+                "decodings": {
+                    "greedy": {"search": {"class_path": "lightning_diffusion.autoregressive.GreedySearch"}},
+                    "beam2": {
+                        "search": {
+                            "class_path": "lightning_diffusion.autoregressive.BeamSearch",
+                            "init_args": {"beam_size": 2},
+                        }
+                    },
+                },
+                "requires": ["lightning_diffusion.autoregressive.AutoregressiveLM"],
+            }
+        )
+    return systems
+
+
+class Bench:
+    def __init__(self, root: Path, data: TinyData) -> None:
+        self.root = root
+        self.results = root / "results"
+        self.data_root = root / "data"
+        for task, files in {
+            "multi30k_en_de": ("train", "valid", "test"),
+            "gigaword": ("train", "valid"),
+        }.items():
+            (self.data_root / task).mkdir(parents=True)
+            for split in files:
+                (self.data_root / task / f"{split}.jsonl").write_bytes(getattr(data, split).read_bytes())
+        self.systems_file = root / "systems.json"
+        self.systems_file.write_text(json.dumps(tiny_systems(data.cache)), encoding="utf-8")
+
+    def args(self) -> list[str]:
+        return [
+            "--data-root",
+            str(self.data_root),
+            "--results-dir",
+            str(self.results),
+            "--systems-file",
+            str(self.systems_file),
+        ]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # the training subprocesses: tiny models, loaded machine
+        mp.setenv("MKL_NUM_THREADS", "1")
+        yield Bench(tmp_path_factory.mktemp("bench"), tiny_data)
+
+
+QUALITY = [
+    "--budget-minutes",
+    "0.01",
+    "--max-steps",
+    "1000",
+    "--curve-points",
+    "1",
+    "--curve-examples",
+    "8",
+    "--test-examples",
+    "12",
+]
+
+
+@pytest.fixture(scope="module")
+def translation_json(bench: Bench) -> dict[str, Any]:
+    systems = "difformer,autoregressive" if HAS_AR else "difformer"
+    translation.main(["--task", "multi30k_en_de", "--systems", systems, *QUALITY, *bench.args()])
+    return json.loads((bench.results / "translation_multi30k_en_de.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def summarization_json(bench: Bench) -> dict[str, Any]:
+    summarization.main(
+        ["--task", "gigaword", "--systems", "diffuseq", *QUALITY, "--curve-points", "0", *bench.args()]
+    )
+    return json.loads((bench.results / "summarization_gigaword.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def speed_json(bench: Bench, translation_json: dict[str, Any]) -> dict[str, Any]:
+    systems = "difformer,autoregressive" if HAS_AR else "difformer"
+    speed.main(
+        [
+            "--systems",
+            systems,
+            "--steps",
+            "2,4",
+            "--batch-sizes",
+            "1,4",
+            "--speed-sentences",
+            "2",
+            "--bleu-examples",
+            "8",
+            "--quick-train-minutes",
+            "0",
+            "--runs-dir",
+            str(bench.results / "runs"),
+            *bench.args(),
+        ]
+    )
+    return json.loads((bench.results / "speed.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def throughput_json(bench: Bench) -> dict[str, Any]:
+    throughput.main(["--systems", "difformer", "--steps", "2", "--warmup-steps", "1", *bench.args()])
+    return json.loads((bench.results / "throughput.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def attention_json(bench: Bench) -> dict[str, Any]:
+    attention.main(
+        ["--lengths", "16,32", "--repeats", "1", "--warmup", "0", "--results-dir", str(bench.results)]
+    )
+    return json.loads((bench.results / "attention.json").read_text())
+
+
+def check_envelope(data: dict[str, Any], benchmark: str) -> None:
+    assert data["benchmark"] == benchmark
+    assert data["schema_version"] == 1
+    assert data["command"].startswith(f"python -m benchmarks.{benchmark}")
+    assert data["date"].endswith("Z")
+    for key in ("cpu_model", "cpu_cores", "torch", "lightning", "torch_threads"):
+        assert data["machine"][key], key
+    assert isinstance(data["settings"], dict)
+
+
+def check_outputs(bench: Bench, stem: str, *pngs: str) -> None:
+    md = (bench.results / f"{stem}.md").read_text()
+    assert md.startswith("### ") and "| " in md and "Command: `python -m benchmarks." in md
+    if HAS_MATPLOTLIB:
+        for name in pngs:
+            assert (bench.results / name).stat().st_size > 0, name
+
+
+# ---------------------------------------------------------------------------------------------- units
+def test_format_max_time() -> None:
+    assert format_max_time(3) == "00:00:03:00"
+    assert format_max_time(0.001) == "00:00:00:01"
+    assert format_max_time(90.5) == "00:01:30:30"
+
+
+def test_default_systems_and_tasks() -> None:
+    names = [s.name for s in SYSTEMS]
+    assert names == ["diffuseq", "seqdiffuseq", "difformer", "autoregressive"]
+    for task in ("multi30k_en_de", "iwslt14_de_en", "gigaword"):
+        for system in SYSTEMS[:3]:
+            recipe, _ = system.resolve_recipe(TASKS[task])
+            assert recipe is not None and recipe.is_file(), (system.name, task)
+    # DiffuSeq has no IWSLT recipe: the Multi30k one is used with the IWSLT data
+    assert SYSTEMS[0].resolve_recipe(TASKS["iwslt14_de_en"])[1] is True
+    missing = System("x", "x", "recipes/x/{task}.yaml")
+    assert "no recipe" in (missing.unavailable(TASKS["gigaword"]) or "")
+
+
+def test_benchmark_overlay_keeps_callbacks_sets_ema_decay_and_adds_clock() -> None:
+    recipe = REPO / "recipes" / "difformer" / "multi30k_en_de.yaml"
+
+    def ema(callbacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [c for c in callbacks if c["class_path"].endswith(("EMAWeightAveraging", ".EMA"))]
+
+    kept = benchmark_overlay([recipe], "recipe", None, 0)["trainer"]["callbacks"]
+    recipe_callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    assert kept[:-1] == recipe_callbacks
+    assert kept[-1]["class_path"] == "benchmarks.callbacks.TrainingClock"
+    changed = benchmark_overlay([recipe], "0.99", 10.0, 3)["trainer"]["callbacks"]
+    assert ema(recipe_callbacks), "the recipe has no EMA callback any more: update the test"
+    assert all(c["init_args"]["decay"] == 0.99 for c in ema(changed))
+    assert changed[-1]["init_args"] == {"snapshot_every_s": 10.0, "max_snapshots": 3}
+
+
+def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
+    data = translation_json
+    check_envelope(data, "translation")
+    assert data["task"] == "multi30k_en_de" and data["metric"] == "bleu"
+    assert data["data"]["test_examples"] == 12 and data["data"]["test_examples_total"] == 16
+    diff = next(s for s in data["systems"] if s["system"] == "difformer")
+    assert diff["status"] == "ok", diff
+    assert diff["parameters"] > 0
+    train = diff["train"]
+    assert 1 <= train["steps"] <= 1000 and train["train_seconds"] > 0 and train["budget_minutes"] == 0.01
+    assert "--trainer.max_time 00:00:00:01" in train["command"]
+    (ev,) = diff["evaluations"]
+    assert ev["decoding"] == "recipe" and ev["sentences"] == 12
+    assert ev["bleu_signature"].startswith("nrefs:1|")
+    assert 0 <= ev["bleu"] <= 100
+    assert (
+        ev["sampling_steps"] == 3 and ev["nfe_mean"] == 3 and ev["length_beam"] == 2 and ev["noise_beam"] == 1
+    )
+    assert ev["candidates"] == 2 and ev["sentences_per_second"] > 0
+    assert (REPO / ev["hypotheses_file"]).is_file() or Path(ev["hypotheses_file"]).is_file()
+    assert diff["curve"][-1]["source"] == "final checkpoint" and diff["curve"][-1]["sentences"] == 8
+    assert len(diff["curve"]) >= 2, "no snapshot was taken during training"
+    assert diff["curve"][0]["source"].startswith("snapshot")
+    if HAS_AR:
+        ar = next(s for s in data["systems"] if s["system"] == "autoregressive")
+        assert ar["status"] == "ok", ar
+        assert [e["decoding"] for e in ar["evaluations"]] == ["greedy", "beam2"]
+        assert [e["beam_size"] for e in ar["evaluations"]] == [1, 2]
+        assert [e["candidates"] for e in ar["evaluations"]] == [1, 2]
+        assert all(e["sampling_steps"] is None and e["nfe_mean"] >= 1 for e in ar["evaluations"])
+    check_outputs(bench, "translation_multi30k_en_de", "bleu_vs_training_time_multi30k_en_de.png")
+
+
+def test_summarization(bench: Bench, summarization_json: dict[str, Any]) -> None:
+    data = summarization_json
+    check_envelope(data, "summarization")
+    assert data["metric"] == "rougeL" and data["data"]["test_file"].endswith("gigaword/valid.jsonl")
+    (system,) = data["systems"]
+    assert system["status"] == "ok", system
+    (ev,) = system["evaluations"]
+    for key in ("rouge1", "rouge2", "rougeL", "bleu"):
+        assert 0 <= ev[key] <= 100
+    assert ev["candidates"] == 2 and ev["noise_beam"] == 2 and ev["length_beam"] is None
+    assert system["curve"] == []
+    md = (bench.results / "summarization_gigaword.md").read_text()
+    assert "ROUGE-L" in md
+
+
+def test_speed(bench: Bench, speed_json: dict[str, Any]) -> None:
+    data = speed_json
+    check_envelope(data, "speed")
+    diff = next(s for s in data["systems"] if s["system"] == "difformer")
+    assert diff["status"] == "ok", diff
+    combos = {(r["sampling_steps"], r["batch_size"]) for r in diff["speed"]}
+    assert combos == {(2, 1), (2, 4), (4, 1), (4, 4)}
+    for r in diff["speed"]:
+        assert (
+            r["sentences_per_second"] > 0
+            and r["latency_ms_median"] > 0
+            and r["nfe_mean"] == r["sampling_steps"]
+        )
+        assert r["sentences"] == max(2, r["batch_size"]) and r["candidates"] == 2
+    assert [r["sampling_steps"] for r in diff["bleu_vs_steps"]] == [2, 4]
+    assert all(r["sentences"] == 8 and "bleu_signature" in r for r in diff["bleu_vs_steps"])
+    if HAS_AR:
+        ar = next(s for s in data["systems"] if s["system"] == "autoregressive")
+        assert ar["status"] == "ok", ar
+        assert {(r["decoding"], r["batch_size"]) for r in ar["speed"]} == {
+            (d, b) for d in ("greedy", "beam2") for b in (1, 4)
+        }
+        assert [r["decoding"] for r in ar["bleu_vs_steps"]] == ["greedy", "beam2"]
+    check_outputs(bench, "speed", "bleu_vs_steps.png", "sentences_per_s_vs_batch.png")
+
+
+def test_throughput(bench: Bench, throughput_json: dict[str, Any]) -> None:
+    data = throughput_json
+    check_envelope(data, "throughput")
+    (system,) = data["systems"]
+    assert system["status"] == "ok", system
+    for mode in ("lightning", "bare"):
+        result = system["modes"][mode]
+        assert result["timed_steps"] == 2 and result["tokens"] > 0 and result["tokens_per_second"] > 0
+        assert result["peak_memory_bytes"] >= 0 and result["memory_method"]
+    # the same batches in both loops
+    assert system["modes"]["lightning"]["tokens"] == system["modes"]["bare"]["tokens"]
+    assert system["overhead_ratio"] > 0
+    check_outputs(bench, "throughput")
+
+
+def test_attention(bench: Bench, attention_json: dict[str, Any]) -> None:
+    data = attention_json
+    check_envelope(data, "attention")
+    rows = data["results"]
+    assert {(r["implementation"], r["length"]) for r in rows} == {
+        (impl, n) for impl in ("naive", "library (SDPA)") for n in (16, 32)
+    }
+    for r in rows:
+        assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 and r["forward_peak_bytes"] >= 0
+        if r["implementation"] != "naive":
+            assert r["max_abs_diff_vs_naive"] < 1e-4
+    check_outputs(bench, "attention", "attention.png")
+
+
+def test_run_all_writes_results_md(
+    bench: Bench,
+    translation_json: dict[str, Any],
+    summarization_json: dict[str, Any],
+    speed_json: dict[str, Any],
+    throughput_json: dict[str, Any],
+    attention_json: dict[str, Any],
+) -> None:
+    output = bench.root / "RESULTS.md"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run_all",
+            "--only",
+            "attention",
+            "--output",
+            str(output),
+            *bench.args(),
+            "--attention-args",
+            "--lengths 16 --repeats 1 --warmup 0 --no-backward --no-plots",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = output.read_text()
+    for heading in (
+        "## Translation: multi30k_en_de",
+        "## Summarization: gigaword",
+        "## Sampling speed",
+        "## Training throughput",
+        "## Attention",
+    ):
+        assert heading in text, heading
+    assert "Produced by `python -m benchmarks.run_all" in text
+    assert "Machine: " in text and "torch " in text
+    run_all = json.loads((bench.results / "run_all.json").read_text())
+    assert [s["stage"] for s in run_all["stages"]] == ["attention"]
+    # report.py alone rewrites it from the JSON
+    report.main(["--results-dir", str(bench.results), "--output", str(output), "--no-plots"])
+    assert "## Translation: multi30k_en_de" in output.read_text()
