@@ -14,7 +14,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lightning_diffusion.denoisers.base import Denoiser
@@ -87,17 +86,7 @@ class DiffusionLM(Seq2SeqModule):
         decode_during_validation: bool = True,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
-        if _given_hyperparameters.get() is not None:
-            # Built by the CLI: the hyperparameters are the recipe's config (class_path/init_args), which
-            # load_from_checkpoint re-instantiates.
-            self.save_hyperparameters()
-        else:
-            self.save_hyperparameters(ignore=_INJECTED)
-        if vocab_size < 2:
-            raise ValueError(
-                f"vocab_size is {vocab_size}: it comes from the data module's tokenizer "
-                "(the CLI links data.vocab_size to model.init_args.vocab_size)"
-            )
+        self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
         if not 0.0 <= self_condition_prob <= 1.0:
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
         if noise_beam < 1 or length_beam < 1:

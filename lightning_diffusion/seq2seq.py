@@ -7,6 +7,7 @@ Subclasses implement :meth:`Seq2SeqModule.evaluation_loss`, :meth:`Seq2SeqModule
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
@@ -74,6 +76,25 @@ class Seq2SeqModule(LightningModule):
         self.checkpoint_step: int | None = None
         self._outputs: list[dict[str, Any]] = []
         self.last_report: dict[str, Any] = {}
+
+    def save_init_arguments(self, injected: list[str], vocab_size: int) -> None:
+        """Record the subclass's constructor arguments as hyperparameters and check ``vocab_size``.
+
+        Built by the CLI, the hyperparameters are the recipe's config (``class_path``/``init_args``), which
+        ``load_from_checkpoint`` re-instantiates with no arguments. Built in Python, the ``injected`` parts
+        (modules, factories) are left out of them and are passed to ``load_from_checkpoint`` again.
+        """
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters(frame=caller)
+        else:
+            self.save_hyperparameters(ignore=injected, frame=caller)
+        if vocab_size < 2:
+            raise ValueError(
+                f"vocab_size is {vocab_size}: it comes from the data module's tokenizer "
+                "(the CLI links data.vocab_size to model.init_args.vocab_size)"
+            )
 
     @property
     @abstractmethod

@@ -13,7 +13,8 @@ from lightning_diffusion.types import Conditioning
 class Denoiser(nn.Module, ABC):
     """Base class of every denoiser. Owns the word embedding (latent width ``D``) and the tied rounding head.
 
-    Subclasses implement :meth:`encode` (run once per source) and :meth:`forward` (run at every step).
+    Subclasses implement :meth:`encode` (run once per source) and :meth:`forward` (run at every step), and
+    set ``hidden_dim``: the width ``H`` of :attr:`Conditioning.hidden` (a length predictor is sized by it).
 
     Args:
         vocab_size: ``V``; filled in from the tokenizer (the recipe does not set it).
@@ -23,6 +24,8 @@ class Denoiser(nn.Module, ABC):
         embedding_scale: multiply (normalised) embeddings by this, e.g. ``sqrt(D)`` (Difformer); None = 1.
         self_conditioning: accept the previous ``x0`` estimate as an extra input (SED / Bit Diffusion).
     """
+
+    hidden_dim: int
 
     def __init__(
         self,
