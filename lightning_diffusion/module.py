@@ -29,7 +29,7 @@ from lightning_diffusion.types import LossInputs, Seq2SeqBatch
 
 log = logging.getLogger("lightning_diffusion")
 
-_INJECTED = ["denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "optimizer", "lr_scheduler"]
+_INJECTED = ["denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "optimizer", "lr_scheduler"]
 
 
 class DiffusionLM(Seq2SeqModule):
