@@ -200,3 +200,29 @@ def run_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], Any]:
 
     monkeypatch.setattr(sys, "argv", ["lightning-diffusion"])
     return main
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_data: TinyData) -> Any:
+    """A byte-level BPE (300 tokens) trained on the tiny dataset."""
+    from lightning_diffusion.data import train_tokenizer
+
+    return train_tokenizer(tiny_data.sentences(), 300)
+
+
+@pytest.fixture
+def batch(tok: Any, tiny_data: TinyData) -> Any:
+    """A collated batch of the first 4 tiny training pairs."""
+    from lightning_diffusion.data import TokenizedExample, collate_examples
+
+    examples = [
+        TokenizedExample(
+            index=i,
+            src_ids=tok(p["src"], add_special_tokens=False)["input_ids"],
+            tgt_ids=tok(p["tgt"], add_special_tokens=False)["input_ids"],
+            src_text=p["src"],
+            tgt_text=p["tgt"],
+        )
+        for i, p in enumerate(tiny_data.pairs("train")[:4])
+    ]
+    return collate_examples(examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)

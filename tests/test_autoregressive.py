@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RECIPES_DIR, TinyData
+from conftest import RECIPES_DIR
 from torch import Tensor
 
 import lightning_diffusion.cli as cli_module
@@ -26,10 +26,7 @@ from lightning_diffusion.autoregressive import (
 )
 from lightning_diffusion.autoregressive.search import SearchOutput
 from lightning_diffusion.data import (
-    TokenizedExample,
-    collate_examples,
     tokenizer_fingerprint,
-    train_tokenizer,
 )
 from lightning_diffusion.denoisers.layers import KVCache, MultiHeadAttention
 from lightning_diffusion.seq2seq import Seq2SeqModule
@@ -339,11 +336,6 @@ def test_beam_search_rejects_bad_beam() -> None:
 # ---------------------------------------------------------------------------------------------- module
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_data: TinyData) -> Any:
-    return train_tokenizer(tiny_data.sentences(), 300)
-
-
 def make_module(tok: Any, **kwargs: Any) -> AutoregressiveLM:
     torch.manual_seed(0)
     options: dict[str, Any] = dict(network=tiny_network(), vocab_size=len(tok))
@@ -353,23 +345,6 @@ def make_module(tok: Any, **kwargs: Any) -> AutoregressiveLM:
     return module
 
 
-def make_batch(tok: Any, pairs: list[dict[str, str]]) -> Seq2SeqBatch:
-    examples = [
-        TokenizedExample(
-            index=i,
-            src_ids=tok(p["src"], add_special_tokens=False)["input_ids"],
-            tgt_ids=tok(p["tgt"], add_special_tokens=False)["input_ids"],
-            src_text=p["src"],
-            tgt_text=p["tgt"],
-        )
-        for i, p in enumerate(pairs)
-    ]
-    return collate_examples(examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-
-
-@pytest.fixture
-def batch(tok: Any, tiny_data: TinyData) -> Seq2SeqBatch:
-    return make_batch(tok, tiny_data.pairs("train")[:4])
 
 
 def test_special_ids_come_from_the_tokenizer(tok: Any) -> None:

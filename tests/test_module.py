@@ -11,17 +11,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RECIPES_DIR, TinyData
+from conftest import RECIPES_DIR
 from lightning import Trainer
 from torch import Tensor
 
 from lightning_diffusion import DiffusionLM
 from lightning_diffusion.callbacks import PredictionWriter
 from lightning_diffusion.data import (
-    TokenizedExample,
-    collate_examples,
     tokenizer_fingerprint,
-    train_tokenizer,
 )
 from lightning_diffusion.denoisers import DiffuSeqDenoiser
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
@@ -40,11 +37,6 @@ def tiny_denoiser(**kwargs: Any) -> functools.partial[DiffuSeqDenoiser]:
     return functools.partial(DiffuSeqDenoiser, **options)
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_data: TinyData) -> Any:
-    return train_tokenizer(tiny_data.sentences(), 300)
-
-
 def make_module(tok: Any, denoiser: Any = None, **kwargs: Any) -> DiffusionLM:
     torch.manual_seed(0)
     options: dict[str, Any] = dict(sampler=DDIMSampler(steps=SAMPLER_STEPS), vocab_size=len(tok))
@@ -54,23 +46,6 @@ def make_module(tok: Any, denoiser: Any = None, **kwargs: Any) -> DiffusionLM:
     return module
 
 
-def make_batch(tok: Any, pairs: list[dict[str, str]]) -> Seq2SeqBatch:
-    examples = [
-        TokenizedExample(
-            index=i,
-            src_ids=tok(p["src"], add_special_tokens=False)["input_ids"],
-            tgt_ids=tok(p["tgt"], add_special_tokens=False)["input_ids"],
-            src_text=p["src"],
-            tgt_text=p["tgt"],
-        )
-        for i, p in enumerate(pairs)
-    ]
-    return collate_examples(examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-
-
-@pytest.fixture
-def batch(tok: Any, tiny_data: TinyData) -> Seq2SeqBatch:
-    return make_batch(tok, tiny_data.pairs("train")[:4])
 
 
 class Recorder(LossTerm):
