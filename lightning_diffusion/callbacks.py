@@ -33,10 +33,11 @@ class PredictionWriter(BasePredictionWriter):
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         unique = {row["index"]: row for row in rows}
-        path = Path(self.output_file or Path(trainer.log_dir or ".") / "predictions.jsonl")
+        path = Path(self.output_file or Path(log_dir or ".") / "predictions.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as handle:
             for index in sorted(unique):
@@ -80,8 +81,8 @@ class ValidationHistory(Callback):
 
 class AdaptiveScheduleRefit(Callback):
     """Refits the model's :class:`~lightning_diffusion.schedules.AdaptiveSchedule` every ``every_n_steps``
-    optimizer steps once ``warmup_steps`` have passed (SeqDiffuSeq). The loss statistics are summed over all
-    ranks first, so every rank refits the same table.
+    optimizer steps once ``warmup_steps`` have passed (SeqDiffuSeq). The module sums the loss statistics over
+    all ranks every step (``NoiseSchedule.commit_observations``), so every rank refits the same table.
 
     Args:
         every_n_steps: refit interval ``K`` in optimizer steps.
@@ -114,11 +115,7 @@ class AdaptiveScheduleRefit(Callback):
         if step < self.warmup_steps or step % self.every_n_steps or step == getattr(self, "_last_step", -1):
             return
         self._last_step = step
-        schedule = self._schedule(pl_module)
-        if trainer.world_size > 1:
-            schedule.loss_sum.copy_(trainer.strategy.reduce(schedule.loss_sum, reduce_op="sum"))
-            schedule.loss_count.copy_(trainer.strategy.reduce(schedule.loss_count, reduce_op="sum"))
-        refit = schedule.refit()
+        refit = self._schedule(pl_module).refit()
         self.refits += 1
         pl_module.log("train/schedule_refit_positions", float(refit), rank_zero_only=True)
 

@@ -194,6 +194,10 @@ class DiffusionLM(Seq2SeqModule):
                 f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
                 "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
             )
+        # Statistics that steer training are kept identical on every rank: summed / gathered over ranks.
+        self.schedule.commit_observations(self.all_reduce_sum if self.world_size > 1 else None)
+        if self.timestep_sampler.learns:
+            t, per_example = self.gather_ragged(t, per_example)
         self.timestep_sampler.update(t, per_example)
         n = len(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)

@@ -7,8 +7,11 @@ Subclasses implement :meth:`Seq2SeqModule.evaluation_loss`, :meth:`Seq2SeqModule
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,29 @@ from lightning_diffusion.metrics import corpus_bleu, rouge
 from lightning_diffusion.types import Seq2SeqBatch
 
 CHECKPOINT_KEY = "lightning_diffusion"
+
+
+def step_seed(seed: int, batch_number: int, rank: int) -> int:
+    """A 63-bit seed for one training batch of one rank, hashed so nearby batches get unrelated streams."""
+    digest = hashlib.blake2b(f"{seed}:{batch_number}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class SharedFactory:
+    """A factory (optimizer, LR scheduler) that deep copies of the module share instead of copying.
+
+    The factories LightningCLI builds can reference the CLI and its trainer, which under DDP holds process
+    group locks; EMA deep-copies the module, and a copied factory would fail there (and is never needed).
+    """
+
+    def __init__(self, factory: Callable[..., Any]) -> None:
+        self.factory = factory
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.factory(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedFactory:
+        return self
 
 
 @dataclass
@@ -65,8 +91,8 @@ class Seq2SeqModule(LightningModule):
         decode_during_validation: bool = True,
     ) -> None:
         super().__init__()
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
+        self.optimizer_factory = SharedFactory(optimizer)
+        self.lr_scheduler_factory = SharedFactory(lr_scheduler) if lr_scheduler is not None else None
         self.log_samples = log_samples
         self.decode_seed = decode_seed
         self.decode_during_validation = decode_during_validation
@@ -74,6 +100,8 @@ class Seq2SeqModule(LightningModule):
         self.tokenizer_fingerprint: str | None = None
         self.checkpoint_tokenizer_fingerprint: str | None = None
         self.checkpoint_step: int | None = None
+        self.train_seed: int | None = None
+        self._checkpoint_train_seed: int | None = None
         self._outputs: list[dict[str, Any]] = []
         self.last_report: dict[str, Any] = {}
 
@@ -119,8 +147,10 @@ class Seq2SeqModule(LightningModule):
         if datamodule is None or not hasattr(datamodule, "tokenizer"):
             return
         self.attach_tokenizer(datamodule.tokenizer, datamodule.tokenizer_fingerprint)
-        if stage == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
-            datamodule.save_tokenizer(f"{self.trainer.log_dir}/tokenizer")
+        if stage == "fit":
+            log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+            if self.trainer.is_global_zero and log_dir:
+                datamodule.save_tokenizer(f"{log_dir}/tokenizer")
 
     def attach_tokenizer(self, tokenizer: Any, fingerprint: str) -> None:
         """Give the module the tokenizer it decodes with (the data module's, or one loaded by hand)."""
@@ -142,12 +172,60 @@ class Seq2SeqModule(LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"tokenizer_fingerprint": self.tokenizer_fingerprint}
+        checkpoint[CHECKPOINT_KEY] = {"tokenizer_fingerprint": self.tokenizer_fingerprint, "train_seed": self.train_seed}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.checkpoint_tokenizer_fingerprint = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
+        stored = checkpoint.get(CHECKPOINT_KEY, {})
+        self.checkpoint_tokenizer_fingerprint = stored.get("tokenizer_fingerprint")
+        self._checkpoint_train_seed = stored.get("train_seed")
         self.checkpoint_step = checkpoint.get("global_step")
         self._check_tokenizer()
+
+    # ------------------------------------------------------------------ training randomness
+    def on_fit_start(self) -> None:
+        """Fix the training seed: the run's own when resuming (stored in the checkpoint), else the one
+        ``seed_everything`` set (``PL_GLOBAL_SEED``), else torch's initial seed."""
+        resuming = getattr(self.trainer, "ckpt_path", None) is not None
+        if resuming and self._checkpoint_train_seed is not None:
+            self.train_seed = int(self._checkpoint_train_seed)
+        else:
+            env = os.environ.get("PL_GLOBAL_SEED")
+            self.train_seed = int(env) if env is not None else torch.initial_seed() % 2**32
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Reseed torch from ``(train_seed, batch number, rank)`` before every training batch (as fairseq
+        reseeds every update), so the noise, timesteps and dropout of batch ``n`` do not depend on what ran
+        before it: a run resumed from a checkpoint draws exactly what the uninterrupted run would have."""
+        if self.train_seed is None:
+            return
+        batch_number = self.trainer.fit_loop.total_batch_idx
+        torch.manual_seed(step_seed(self.train_seed, batch_number, self.global_rank))
+
+    # ------------------------------------------------------------------ multi-process helpers
+    @property
+    def world_size(self) -> int:
+        """Number of training processes (1 without a trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Sum of ``tensor`` over ranks (the tensor itself in a single process)."""
+        if self.world_size <= 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def gather_ragged(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Every rank's ``[B_r, ...]`` tensors concatenated in rank order (``B_r`` may differ between ranks,
+        as token-budget batches do); the tensors themselves in a single process."""
+        if self.world_size <= 1:
+            return tensors
+        sizes = self.all_gather(torch.tensor([tensors[0].shape[0]], device=self.device)).reshape(-1).tolist()
+        longest = max(sizes)
+        gathered = []
+        for tensor in tensors:
+            padding = tensor.new_zeros(longest - tensor.shape[0], *tensor.shape[1:])
+            parts = self.all_gather(torch.cat([tensor, padding]))  # [W, longest, ...]
+            gathered.append(torch.cat([parts[rank, :size] for rank, size in enumerate(sizes)]))
+        return tuple(gathered)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -230,9 +308,9 @@ class Seq2SeqModule(LightningModule):
         fitting = self.trainer.state.fn == "fit"
         step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         if not sanity:
-            self.log(f"{stage}/bleu", bleu.score, rank_zero_only=True, batch_size=len(rows))
+            self.log(f"{stage}/bleu", bleu.score, batch_size=len(rows), sync_dist=True)  # same value on every rank
             for key, value in scores.items():
-                self.log(f"{stage}/{key}", value, rank_zero_only=True, batch_size=len(rows))
+                self.log(f"{stage}/{key}", value, batch_size=len(rows), sync_dist=True)
         when = "before training (sanity check)" if sanity else f"step {step}"
         self.last_report = {
             "stage": stage,

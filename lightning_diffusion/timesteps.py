@@ -9,7 +9,14 @@ from torch import Tensor, nn
 
 
 class TimestepSampler(nn.Module, ABC):
-    """Draws training steps ``t`` in ``1..T`` with importance weights; state lives in buffers (checkpointed)."""
+    """Draws training steps ``t`` in ``1..T`` with importance weights; state lives in buffers (checkpointed).
+
+    Attributes:
+        learns: True when :meth:`update` changes the distribution; the LightningModule then gathers the
+            ``(t, loss)`` pairs of every rank before calling it, so all ranks keep the same state.
+    """
+
+    learns: bool = False
 
     def __init__(self, num_steps: int) -> None:
         super().__init__()
@@ -46,6 +53,7 @@ class LossAwareTimestepSampler(TimestepSampler):
     so every rank keeps the same history (the LightningModule does).
     """
 
+    learns = True
     loss_history: Tensor
     history_count: Tensor
 

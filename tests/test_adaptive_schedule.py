@@ -58,6 +58,7 @@ def test_observe_accumulates_into_bin_and_position_cells() -> None:
     loss = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 10.0, 11.0, 12.0]])
     mask = torch.tensor([[True, True, False, True], [True, False, True, True], [False, False, False, False]])
     sched.observe(t, loss, mask)
+    sched.commit_observations()
     expected_sum = torch.zeros(5, 3, dtype=torch.float64)
     expected_count = torch.zeros(5, 3, dtype=torch.float64)
     # t=1 -> bin 0: positions 0, 1 and 3 (-> last column 2); position 2 is masked.
@@ -70,6 +71,7 @@ def test_observe_accumulates_into_bin_and_position_cells() -> None:
     assert torch.equal(sched.loss_sum, expected_sum)
     assert torch.equal(sched.loss_count, expected_count)
     sched.observe(torch.tensor([2]), torch.tensor([[0.5, 0.25]]), torch.tensor([[True, True]]))
+    sched.commit_observations()
     expected_sum[0, :2] += torch.tensor([0.5, 0.25], dtype=torch.float64)
     expected_count[0, :2] += 1
     assert torch.equal(sched.loss_sum, expected_sum)
@@ -100,6 +102,7 @@ def test_refit_makes_recorded_loss_linear_in_t_per_position() -> None:
     mask = torch.ones(T, 4, dtype=torch.bool)
     mask[T // 2 :, 2] = False
     sched.observe(t, loss, mask)
+    sched.commit_observations()
     assert sched.refit() == 2
     new = sched.alpha_bar_table.double().numpy()
 
@@ -140,6 +143,7 @@ def test_refit_of_an_already_linear_loss_changes_nothing() -> None:
     t = torch.arange(1, T + 1)
     for _ in range(5):
         sched.observe(t, (t.double() / T)[:, None], torch.ones(T, 1, dtype=torch.bool))
+        sched.commit_observations()
         assert sched.refit() == 1
         torch.testing.assert_close(sched.alpha_bar_table, initial, rtol=0, atol=1e-6)
 
@@ -153,6 +157,7 @@ def test_repeated_refits_keep_the_noise_range() -> None:
     for _ in range(20):
         abar = sched.alpha_bar(t, 1).double()
         sched.observe(t, 1.0 - abar, torch.ones(T, 1, dtype=torch.bool))
+        sched.commit_observations()
         assert sched.refit() == 1
     assert float(sched.alpha_bar_table[1, 0]) == pytest.approx(first)
     assert float(sched.alpha_bar_table[T, 0]) == pytest.approx(last, abs=1e-7)
@@ -170,6 +175,7 @@ def test_refit_needs_min_count_in_every_bin() -> None:
     t = torch.arange(1, T + 1)  # two tokens per bin at position 0, one at position 1 (odd steps only)
     mask = torch.stack([torch.ones(T, dtype=torch.bool), t % 2 == 1], dim=1)
     sched.observe(t, torch.stack([t.double(), t.double()], 1) ** 2, mask)
+    sched.commit_observations()
     assert sched.refit() == 1
     assert torch.equal(sched.alpha_bar_table[:, 1], initial[:, 1])
     assert not torch.equal(sched.alpha_bar_table[:, 0], initial[:, 0])
@@ -295,3 +301,23 @@ def test_refit_callback_rejects_a_fixed_schedule(tiny_datamodule: Any, tmp_path:
     with pytest.raises(TypeError, match="AdaptiveSchedule"):
         trainer.fit(module, tiny_datamodule)
     assert trainer.global_step == 0
+
+
+def test_observations_stay_pending_until_committed_and_are_summed_over_ranks() -> None:
+    """Statistics change only at commit, through the rank reduction (here: a fake 2-rank sum of equal parts)."""
+    sched = AdaptiveSchedule(num_steps=10, max_length=2, num_bins=5)
+    sched.observe(torch.tensor([1]), torch.tensor([[2.0, 3.0]]), torch.tensor([[True, True]]))
+    assert sched.loss_count.sum() == 0  # pending only
+    assert "pending" not in sched.state_dict()  # never checkpointed half-reduced
+    reduced_inputs: list[torch.Tensor] = []
+
+    def two_ranks(tensor: torch.Tensor) -> torch.Tensor:
+        reduced_inputs.append(tensor.clone())
+        return tensor * 2
+
+    sched.commit_observations(two_ranks)
+    assert len(reduced_inputs) == 1 and reduced_inputs[0].shape == (2, 5, 2)  # one collective per step
+    assert sched.loss_sum[0].tolist() == [4.0, 6.0] and sched.loss_count[0].tolist() == [2.0, 2.0]
+    assert sched.pending.abs().sum() == 0
+    sched.commit_observations(two_ranks)  # nothing pending: nothing added
+    assert sched.loss_sum[0].tolist() == [4.0, 6.0]

@@ -8,6 +8,7 @@ from lightning_diffusion.data.datamodule import (
     collate_examples,
 )
 from lightning_diffusion.data.jsonl import DataError, Example, ReadStats, read_examples, resolve_path
+from lightning_diffusion.data.loader import ResumableDataLoader
 from lightning_diffusion.data.tokenizer import (
     SpecialIds,
     TokenizerError,
@@ -23,6 +24,7 @@ __all__ = [
     "DataError",
     "Example",
     "ReadStats",
+    "ResumableDataLoader",
     "Seq2SeqDataModule",
     "Seq2SeqDataset",
     "SpecialIds",

@@ -85,6 +85,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self._epoch_started = False
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._skip: tuple[int, int] | None = None
+        self._skipped = 0
         self.sampler = self  # see the class docstring: lets Lightning's per-epoch set_epoch reach us
 
     def set_epoch(self, epoch: int) -> None:
@@ -151,11 +153,33 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self._cache = (epoch, batches)
         return batches
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue an interrupted epoch: make ``epoch`` current and skip its first ``batches_done`` batches of
+        this replica in the next iteration (once). ``batches_done >= len()`` moves on to ``epoch + 1``."""
+        if batches_done >= len(self._replica_batches(epoch)):
+            self.set_epoch(epoch + 1)
+            self._skip = None
+        else:
+            self.set_epoch(epoch)
+            self._skip = (epoch, max(0, batches_done))
+
+    @property
+    def skipped(self) -> int:
+        """Batches of the current epoch skipped by :meth:`resume_at` in the running iteration."""
+        return self._skipped
+
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the epoch is read at the first ``next()``, after Lightning's ``set_epoch`` (Lightning
+        # creates the training iterator before it sets the epoch when it resumes from a checkpoint).
         if self._epoch_started:
             self.epoch += 1
         self._epoch_started = True
-        return iter([list(batch) for batch in self._replica_batches(self.epoch)])
+        batches = self._replica_batches(self.epoch)
+        skip = self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0
+        self._skip = None
+        self._skipped = skip
+        for batch in batches[skip:]:
+            yield list(batch)
 
     def __len__(self) -> int:
         return len(self._replica_batches(self.epoch))

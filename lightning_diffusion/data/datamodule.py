@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lightning_diffusion.data.batching import TokenBudgetBatchSampler
 from lightning_diffusion.data.jsonl import read_examples
+from lightning_diffusion.data.loader import ResumableDataLoader
 from lightning_diffusion.data.tokenizer import resolve_tokenizer, special_ids, tokenizer_fingerprint
 from lightning_diffusion.types import Seq2SeqBatch
 
@@ -99,6 +100,8 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
     (sources only, for prediction), batched under a padded-token budget.
 
     Paths may be ``builtin:<path>`` for bundled data, e.g. ``builtin:tatoeba_en_es/train.jsonl``.
+    Text is tokenized as plain text: a literal ``</s>`` or ``<pad>`` in the data stays characters (it never
+    becomes a special token), so byte-level BPE round-trips every string (NFC-normalized).
     The tokenizer, ``vocab_size``, ``pad_id``, ``eos_id``, ``sep_id`` and ``tokenizer_fingerprint`` are
     available right after construction (before ``setup``): the tokenizer is resolved on first access.
 
@@ -126,15 +129,16 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         tokenizer_cache_dir: cache directory for trained tokenizers (default
             ``$LIGHTNING_DIFFUSION_CACHE/tokenizers`` or ``~/.cache/lightning_diffusion/tokenizers``).
         src_key: JSON field holding the source.
-        tgt_key: JSON field holding the target (``"tgt"`` and ``"trg"`` are accepted for each other).
-        max_src_len: sources are truncated to this many tokens.
-        max_tgt_len: targets are truncated to this many tokens, counting the appended EOS.
+        tgt_key: JSON field holding the target (``"tgt"`` and ``"trg"`` are accepted for each other); must
+            differ from ``src_key``.
+        max_src_len: sources are truncated to this many tokens (the count of truncated ones is reported).
+        max_tgt_len: targets are truncated to this many tokens, counting the appended EOS (count reported).
         max_tokens: token budget of a training batch: batch size * longest (source + target + EOS).
         eval_max_tokens: budget for validation/test/prediction batches (default ``max_tokens``).
         max_eval_examples: keep only the first N validation and test examples (fast validation).
         empty_examples: what to do with pairs whose source or target is empty: ``skip`` (drop and count),
             ``keep``, or ``error``. Prediction inputs are never skipped (outputs stay aligned with inputs).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (>= 0).
         seed: seed of the training shuffle (each epoch reshuffles deterministically from ``(seed, epoch)``).
     """
 
@@ -171,6 +175,10 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
             raise ValueError(f"max_eval_examples must be >= 1 or None, got {max_eval_examples}")
         if empty_examples not in ("skip", "keep", "error"):
             raise ValueError(f"empty_examples must be 'skip', 'keep' or 'error', got {empty_examples!r}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if src_key == tgt_key:
+            raise ValueError(f"src_key and tgt_key must name different fields, both are {src_key!r}")
         self.save_hyperparameters()
         self.train_file = train_file
         self.val_file = val_file
@@ -180,7 +188,8 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.tokenizer_cache_dir = tokenizer_cache_dir
         self.src_key = src_key
-        self.tgt_keys: tuple[str, ...] = ("tgt", "trg") if tgt_key in ("tgt", "trg") else (tgt_key,)
+        aliases = ("tgt", "trg") if tgt_key in ("tgt", "trg") else (tgt_key,)
+        self.tgt_keys: tuple[str, ...] = tuple(key for key in aliases if key != src_key)
         self.max_src_len = max_src_len
         self.max_tgt_len = max_tgt_len
         self.max_tokens = max_tokens
@@ -274,10 +283,12 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
             _report(f"{path}: {missing} of {len(examples)} examples have no target; references are ignored")
 
         tok = self.tokenizer
-        src_tokens = tok([ex.src for ex in examples], add_special_tokens=False)["input_ids"]
+        # The data is plain text: a literal "</s>" or "<pad>" in it is characters, not a special token.
+        encode = functools.partial(tok, add_special_tokens=False, split_special_tokens=True)
+        src_tokens = encode([ex.src for ex in examples])["input_ids"]
         tgt_tokens: list[list[int]] | None = None
         if with_targets:
-            tgt_tokens = tok([ex.tgt or "" for ex in examples], add_special_tokens=False)["input_ids"]
+            tgt_tokens = encode([ex.tgt or "" for ex in examples])["input_ids"]
 
         src_cut = sum(len(ids) > self.max_src_len for ids in src_tokens)
         message = f"{path}: truncated {src_cut} of {len(examples)} sources to {self.max_src_len} tokens"
@@ -358,7 +369,8 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
             num_replicas=num_replicas,
             rank=rank,
         )
-        return DataLoader(
+        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        return loader_class(
             self._dataset(split),
             batch_sampler=sampler,
             collate_fn=functools.partial(collate_examples, pad_id=self.pad_id, eos_id=self.eos_id),
@@ -367,7 +379,8 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled token-budget batches of the training split (reshuffled every epoch)."""
+        """Shuffled token-budget batches of the training split (reshuffled every epoch); the loader's position
+        in the epoch is saved in checkpoints, so a resumed run continues with the next batch."""
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader[Any] | list[DataLoader[Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -57,6 +59,8 @@ class AdaptiveSchedule(NoiseSchedule):
         self.register_buffer("alpha_bar_table", initial[:, None].repeat(1, max_length).contiguous())
         self.register_buffer("loss_sum", torch.zeros(self.num_bins, max_length, dtype=torch.float64))
         self.register_buffer("loss_count", torch.zeros(self.num_bins, max_length, dtype=torch.float64))
+        # This step's observations, not yet added to the statistics (see commit_observations).
+        self.register_buffer("pending", torch.zeros(2, self.num_bins, max_length, dtype=torch.float64), persistent=False)
 
     def _columns(self, length: int, device: torch.device) -> Tensor:
         return torch.arange(length, device=device).clamp(max=self.max_length - 1)
@@ -70,14 +74,25 @@ class AdaptiveSchedule(NoiseSchedule):
 
     @torch.no_grad()
     def observe(self, t: Tensor, per_token_loss: Tensor, mask: Tensor) -> None:
-        """Record per-token losses ``[B, L]`` at steps ``t`` ``[B]`` for the positions in ``mask`` ``[B, L]``."""
+        """Record per-token losses ``[B, L]`` at steps ``t`` ``[B]`` for the positions in ``mask`` ``[B, L]``
+        as pending; :meth:`commit_observations` adds them to the statistics (summed over ranks)."""
         b, length = per_token_loss.shape
         cols = self._columns(length, t.device).expand(b, -1)
         bins = self.bin_of(t)[:, None].expand(-1, length)
         flat = (bins * self.max_length + cols).reshape(-1)
         weight = mask.reshape(-1).double()  # no boolean indexing: no host sync on the hot path
-        self.loss_sum.view(-1).index_add_(0, flat, per_token_loss.reshape(-1).double() * weight)
-        self.loss_count.view(-1).index_add_(0, flat, weight)
+        self.pending[0].view(-1).index_add_(0, flat, per_token_loss.reshape(-1).double() * weight)
+        self.pending[1].view(-1).index_add_(0, flat, weight)
+
+    @torch.no_grad()
+    def commit_observations(self, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Add the pending observations to ``loss_sum``/``loss_count``, summed over ranks by ``all_reduce_sum``
+        (one collective of ``[2, bins, max_length]``), so every rank (and every checkpoint) holds the
+        statistics of the whole global batch."""
+        pending = self.pending if all_reduce_sum is None else all_reduce_sum(self.pending)
+        self.loss_sum.add_(pending[0])
+        self.loss_count.add_(pending[1])
+        self.pending.zero_()
 
     @torch.no_grad()
     def refit(self) -> int:

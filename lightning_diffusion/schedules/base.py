@@ -7,6 +7,7 @@ noisiest level. Training samples ``t`` in ``1..T``; samplers walk a decreasing s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,10 @@ class NoiseSchedule(nn.Module, ABC):
     def observe(self, t: Tensor, per_token_loss: Tensor, mask: Tensor) -> None:
         """Training statistics hook: per-token losses ``[B, L]`` at steps ``t`` ``[B]``, positions ``mask``
         ``[B, L]``. Fixed schedules ignore it; the adaptive one records them."""
+
+    def commit_observations(self, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Called once per training step after :meth:`observe`: fold the step's observations into the
+        schedule's statistics, summed over ranks with ``all_reduce_sum`` (None in a single process)."""
 
     def q_sample(self, z0: Tensor, t: Tensor, noise: Tensor, noise_factor: float = 1.0) -> Tensor:
         """Forward process (DDPM eq. 4 with Difformer's noise factor F):
