@@ -124,6 +124,23 @@ class Seq2SeqModule(LightningModule):
                 "(the CLI links data.vocab_size to model.init_args.vocab_size)"
             )
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, but weights-only by default (tensors and plain containers are
+        all that is unpickled; a crafted checkpoint cannot run code). For a ready-to-decode model with its
+        tokenizer, from a checkpoint or an export directory, see :func:`lightning_diffusion.pretrained.load_pretrained`."""
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs
+        )
+
     @property
     @abstractmethod
     def vocab_size(self) -> int:
