@@ -114,7 +114,10 @@ def load_pretrained(
         metadata = json.loads((source / METADATA_FILE).read_text(encoding="utf-8"))
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
         module = build_module(config["model"], config_file)
-        state = load_file(str(weights_file), device=str(map_location))
+        try:
+            state = load_file(str(weights_file), device=str(map_location))
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
         expected = metadata.get("tokenizer_fingerprint")
         module.checkpoint_step = metadata.get("global_step")
         tokenizer_dir = Path(tokenizer) if tokenizer is not None else source / TOKENIZER_DIR
