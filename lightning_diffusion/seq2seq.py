@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import sys
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,21 @@ def step_seed(seed: int, batch_number: int, rank: int) -> int:
     """A 63-bit seed for one training batch of one rank, hashed so nearby batches get unrelated streams."""
     digest = hashlib.blake2b(f"{seed}:{batch_number}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _checkpoint_subclass(path: str | os.PathLike[str], cls: type) -> type | None:
+    """The already-imported subclass of ``cls`` named by a CLI checkpoint's ``_class_path`` (None if none)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # let Lightning's own loading report the problem
+        return None
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path") if isinstance(checkpoint, dict) else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    module_name, _, name = class_path.rpartition(".")
+    module = sys.modules.get(module_name)
+    target = getattr(module, name, None) if module is not None else None
+    return target if isinstance(target, type) and issubclass(target, cls) else None
 
 
 class SharedFactory:
@@ -136,7 +152,17 @@ class Seq2SeqModule(LightningModule):
     ) -> Any:
         """Lightning's ``load_from_checkpoint``, but weights-only by default (tensors and plain containers are
         all that is unpickled; a crafted checkpoint cannot run code). For a ready-to-decode model with its
-        tokenizer, from a checkpoint or an export directory, see :func:`lightning_diffusion.pretrained.load_pretrained`."""
+        tokenizer, from a checkpoint or an export directory, see :func:`lightning_diffusion.pretrained.load_pretrained`.
+
+        Called on a base class (``DiffusionLM.load_from_checkpoint``) with a checkpoint of a subclass written by the
+        CLI, it builds that subclass when its module is already imported (Lightning's rule against loading
+        arbitrary classes), instead of silently building the base class.
+        """
+        target = _checkpoint_subclass(checkpoint_path, cls) if isinstance(checkpoint_path, (str, os.PathLike)) else None
+        if target is not None and target is not cls:
+            return target.load_from_checkpoint(
+                checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs
+            )
         return super().load_from_checkpoint(
             checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs
         )

@@ -156,3 +156,16 @@ def test_corrupt_weights_file_is_a_clear_error(run_dir: Path, tmp_path: Path) ->
         load_pretrained(exported)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_pretrained(tmp_path / "missing.ckpt")
+
+
+def test_base_class_reload_builds_the_subclass_named_in_the_checkpoint(tmp_path: Path, tiny_data: TinyData, monkeypatch: pytest.MonkeyPatch) -> None:
+    helpers = Path(__file__).resolve().parent / "helpers"
+    args = make_tiny_overrides(tmp_path / "run", RECIPE, data=tiny_data, max_steps=1, val_check_interval=1)
+    proc = cli("fit", "-c", RECIPE, "--model", "run_probes.TaggedLM", *args, "--trainer.limit_val_batches", "0", cwd=tmp_path, env={"PYTHONPATH": str(helpers)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
+    monkeypatch.syspath_prepend(str(helpers))
+    import run_probes
+
+    assert type(DiffusionLM.load_from_checkpoint(ckpt)) is run_probes.TaggedLM
+    assert type(load_pretrained(ckpt)) is run_probes.TaggedLM

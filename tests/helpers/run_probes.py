@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lightning_diffusion import DiffusionLM
+
 
 class BatchRecorder(Callback):
     """Appends ``{"step", "rank", "loss", "index"}`` per training batch to ``<directory>/rank<r>.jsonl``, flushed
@@ -60,3 +62,7 @@ class DumpTrainingState(Callback):
         buffers = {name: tensor.detach().cpu().clone() for name, tensor in pl_module.named_buffers()}
         torch.save(buffers, self.directory / f"buffers_rank{trainer.global_rank}.pt")
 
+
+
+class TaggedLM(DiffusionLM):
+    """A user subclass (no new arguments) for the reload-by-base-class test."""
