@@ -73,13 +73,22 @@ def attention(
             cached keys). Combined with ``key_padding_mask`` when both are given.
 
     Returns:
-        ``[B, M, H, K]``.
+        ``[B, M, H, K]``. A batch row whose keys are all masked (e.g. an empty source kept for prediction)
+        attends to nothing and gets exactly zeros, with zero gradients, on every backend (a plain masked
+        softmax would give NaN there: 0/0).
     """
     if causal and q.shape[1] > k.shape[1]:
         raise ValueError(f"causal attention needs at most as many queries ({q.shape[1]}) as keys ({k.shape[1]})")
+    empty = None
+    if key_padding_mask is not None:
+        # No host sync: unmask fully masked rows so every kernel sees a finite softmax, then zero their output.
+        empty = ~key_padding_mask.any(dim=-1)  # [B]
+        key_padding_mask = key_padding_mask | empty[:, None]
     if backend_for(q) == "xformers":
-        return _xformers_attention(q, k, v, key_padding_mask, dropout_p, causal)
-    return _sdpa_attention(q, k, v, key_padding_mask, dropout_p, causal)
+        out = _xformers_attention(q, k, v, key_padding_mask, dropout_p, causal)
+    else:
+        out = _sdpa_attention(q, k, v, key_padding_mask, dropout_p, causal)
+    return out if empty is None else out.masked_fill(empty[:, None, None, None], 0.0)
 
 
 def causal_mask(m: int, n: int, device: torch.device | str | None = None) -> Tensor:

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from safetensors.torch import load_file
 
 from lightning_diffusion.data import Seq2SeqDataModule
+from lightning_diffusion.generate import generate
 from lightning_diffusion.pretrained import (
     METADATA_FILE,
     TOKENIZER_DIR,
@@ -42,6 +43,8 @@ class LightningDiffusionCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
 
     def _export_dir(self) -> Path | None:
+        if self.subcommand is None:  # run=False: no subcommand, no checkpoint
+            return None
         path = self.config[self.subcommand].get("ckpt_path")
         if path is None or not Path(path).is_dir():
             return None
@@ -55,7 +58,7 @@ class LightningDiffusionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         export = self._export_dir()
-        data = self.config[self.subcommand].get("data")
+        data = self.config[self.subcommand].get("data") if export is not None else None
         if export is not None and data is not None and data.init_args.get("tokenizer") is None:
             data.init_args.tokenizer = str(export / TOKENIZER_DIR)
 
@@ -92,7 +95,7 @@ def export(ckpt_path: str, output_dir: str, tokenizer: str | None = None) -> Non
     print(f"  predict: lightning-diffusion predict -c {out}/config.yaml --ckpt_path {out} --data.predict_file <inputs>")
 
 
-TOOLS = {"export": export}
+TOOLS = {"export": export, "generate": generate}
 
 
 def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:

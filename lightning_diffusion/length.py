@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_diffusion.types import Conditioning
+from lightning_diffusion.validation import check_at_least
 
 
 class LengthPredictor(nn.Module):
@@ -20,6 +21,8 @@ class LengthPredictor(nn.Module):
 
     def __init__(self, hidden_dim: int, max_offset: int = 64, detach: bool = False) -> None:
         super().__init__()
+        check_at_least("LengthPredictor", 0, max_offset=max_offset)
+        check_at_least("LengthPredictor", 1, hidden_dim=hidden_dim)
         self.max_offset = max_offset
         self.detach = detach
         self.head = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 2 * max_offset + 1))

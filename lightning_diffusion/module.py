@@ -26,6 +26,7 @@ from lightning_diffusion.schedules.base import NoiseSchedule
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.timesteps import TimestepSampler, UniformTimestepSampler
 from lightning_diffusion.types import LossInputs, Seq2SeqBatch
+from lightning_diffusion.validation import check_at_least, check_positive_finite
 
 log = logging.getLogger("lightning_diffusion")
 
@@ -89,6 +90,8 @@ class DiffusionLM(Seq2SeqModule):
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
         if not 0.0 <= self_condition_prob <= 1.0:
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
+        check_at_least("DiffusionLM", 1, max_length=max_length)
+        check_positive_finite("DiffusionLM", train_noise_factor=train_noise_factor, length_ratio=length_ratio)
         if noise_beam < 1 or length_beam < 1:
             raise ValueError(f"noise_beam and length_beam must be >= 1, got {noise_beam} and {length_beam}")
         self.denoiser = denoiser(vocab_size)

@@ -6,8 +6,10 @@ nothing is dropped silently (skipped lines are counted in :class:`ReadStats`).
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -129,8 +131,10 @@ def _decoded_lines(path: Path, name: str, gzipped: bool) -> Iterator[tuple[int, 
         number = 0
         try:
             for number, raw in enumerate(handle, start=1):
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]  # columns count from after the byte-order mark
                 try:
-                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
                     raise DataError(
                         f"{name}:{number}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
@@ -142,6 +146,32 @@ def _decoded_lines(path: Path, name: str, gzipped: bool) -> Iterator[tuple[int, 
 
 def _is_empty(text: str | None) -> bool:
     return text is not None and not text.strip()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(value: str, where: str) -> None:
+    """Raise if ``value`` holds an unpaired surrogate (a JSON ``\\ud800``-style escape): it is not Unicode
+    text, the tokenizer cannot encode it and the prediction file could not be written as UTF-8."""
+    match = _SURROGATE.search(value)
+    if match is not None:
+        raise DataError(
+            f"{where}: unpaired surrogate \\u{ord(match.group()):04x} at character {match.start() + 1} "
+            "(a JSON \\u escape that is not valid Unicode text)"
+        )
+
+
+def _duplicate_fields(text: str, keys: Sequence[str]) -> list[str]:
+    """Which of ``keys`` occur more than once in the JSON object ``text`` (``json.loads`` keeps the last value
+    silently). Only lines that name a key twice are parsed again (keys spelled with ``\\u`` escapes are not
+    seen by this pre-check)."""
+    suspects = [key for key in keys if text.count(json.dumps(key, ensure_ascii=False)) > 1]
+    if not suspects:
+        return []
+    pairs = json.loads(text, object_pairs_hook=lambda items: items)
+    names = [key for key, _ in pairs] if isinstance(pairs, list) else []
+    return [key for key in suspects if names.count(key) > 1]
 
 
 def read_examples(
@@ -156,7 +186,8 @@ def read_examples(
 
     JSONL: one object per line with a string source under ``src_key`` and a string target under the first
     of ``tgt_keys`` present; blank lines are skipped and counted; extra fields are ignored. Without
-    ``require_target`` a line with no target gets ``tgt=None``.
+    ``require_target`` a line with no target gets ``tgt=None``. A source or target field given twice in one
+    object, or text with an unpaired surrogate escape (``"\\ud800"``), is an error (never a silent pick).
     Plain text: one source per line, no targets; blank lines are kept as empty sources so outputs stay
     aligned with input lines (so ``empty="skip"`` keeps them too; ``"error"`` still raises).
 
@@ -191,6 +222,11 @@ def read_examples(
                 raise DataError(f"{name}:{number}: not valid JSON ({err})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{name}:{number}: expected a JSON object, got {_type_name(record)}")
+            duplicates = _duplicate_fields(text, [src_key, *tgt_keys])
+            if duplicates:
+                raise DataError(
+                    f"{name}:{number}: field {duplicates[0]!r} is given more than once (only one value can be used)"
+                )
             if src_key not in record:
                 raise DataError(f"{name}:{number}: missing field {src_key!r}")
             src = record[src_key]
@@ -199,6 +235,7 @@ def read_examples(
                     f"{name}:{number}: field {src_key!r}: expected a string, "
                     f"got {_type_name(src)} ({_short_json(src)})"
                 )
+            _check_text(src, f"{name}:{number}: field {src_key!r}")
             present = [key for key in tgt_keys if key in record]
             if not present:
                 if require_target:
@@ -214,6 +251,7 @@ def read_examples(
                         f"{name}:{number}: field {tgt_field!r}: expected a string, "
                         f"got {_type_name(tgt)} ({_short_json(tgt)})"
                     )
+                _check_text(tgt, f"{name}:{number}: field {tgt_field!r}")
         empty_src, empty_tgt = _is_empty(src), _is_empty(tgt)
         if empty_src or empty_tgt:
             field = src_key if empty_src else tgt_field

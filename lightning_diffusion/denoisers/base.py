@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diffusion.types import Conditioning
+from lightning_diffusion.validation import check_at_least
 
 
 class Denoiser(nn.Module, ABC):
@@ -38,6 +39,7 @@ class Denoiser(nn.Module, ABC):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        check_at_least(type(self).__name__, 1, latent_dim=latent_dim)
         self.vocab_size = vocab_size
         self.latent_dim = latent_dim
         self.self_conditioning = self_conditioning

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.denoisers.layers import TimestepEmbedding, TransformerLayer
 from lightning_diffusion.types import Conditioning
+from lightning_diffusion.validation import check_at_least
 
 
 def _up_projection(in_dim: int, hidden_dim: int) -> nn.Module:
@@ -45,6 +46,9 @@ class DiffuSeqDenoiser(Denoiser):
         self_conditioning: bool = False,
     ) -> None:
         super().__init__(vocab_size, latent_dim, embedding_norm, embedding_scale, self_conditioning)
+        check_at_least(
+            type(self).__name__, 1, hidden_dim=hidden_dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, max_positions=max_positions
+        )
         self.hidden_dim = hidden_dim
         self.max_positions = max_positions
         self.source_proj = _up_projection(latent_dim, hidden_dim)

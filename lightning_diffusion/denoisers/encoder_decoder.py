@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.denoisers.layers import TimestepEmbedding, TransformerLayer
 from lightning_diffusion.types import Conditioning
+from lightning_diffusion.validation import check_at_least
 
 
 class TransformerEncoder(nn.Module):
@@ -92,6 +93,16 @@ class EncoderDecoderDenoiser(Denoiser):
         pretrained_encoder: str | None = None,
     ) -> None:
         super().__init__(vocab_size, latent_dim, embedding_norm, embedding_scale, self_conditioning)
+        check_at_least(
+            type(self).__name__,
+            1,
+            hidden_dim=hidden_dim,
+            encoder_layers=encoder_layers,
+            decoder_layers=decoder_layers,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            max_positions=max_positions,
+        )
         self.hidden_dim = hidden_dim
         self.max_positions = max_positions
         self.encoder: nn.Module

@@ -1,0 +1,388 @@
+"""``lightning-diffusion generate``: decode ad-hoc text with a trained model, from the arguments or streamed from stdin.
+
+Hypotheses go to stdout, one line per input line and in input order (an empty input line gives an empty output
+line), flushed after every batch; the decoding settings, the NFE, an optional progress bar and a final summary go
+to stderr, so ``cat big.txt | lightning-diffusion generate model/ > out.txt`` holds only hypotheses and keeps one
+batch in memory at a time.
+
+Randomness: batch ``k`` (input lines ``k * batch_size`` ...) is decoded with a generator seeded with
+``seed + index of its first line``, as validation seeds ``_decode_batch``. A batch's output therefore depends only
+on its own lines, the seed and ``batch_size``; the same input, seed and batch size always give the same output,
+however the input arrives (arguments, a pipe, a slow terminal). A different ``batch_size`` regroups the lines, so
+the noise (and the canvas shared by a batch) differ and hypotheses of a diffusion model may differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import torch
+import yaml
+
+from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
+from lightning_diffusion.data.tokenizer import TokenizerError, special_ids
+from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
+from lightning_diffusion.samplers.base import Sampler
+from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
+
+DEFAULT_MAX_SRC_LEN = 128  # Seq2SeqDataModule's default, when the run's data settings cannot be found
+PROGRESS_DELAY_S = 1.0  # progress="auto": a batch's bar appears only once its sampling has run this long
+
+
+class GenerateError(ValueError):
+    """A ``generate`` flag that does not apply to the model, or a bad value; the message says which."""
+
+
+@dataclass
+class Hypothesis:
+    """One output line: the source, its hypothesis and the network evaluations spent on it (0 for an empty line)."""
+
+    index: int
+    source: str
+    hypothesis: str
+    nfe: int = 0
+    candidates: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def apply_decoding_overrides(
+    module: Seq2SeqModule,
+    steps: int | None = None,
+    sampler: Callable[[int], Sampler] | None = None,
+    length_beam: int | None = None,
+    noise_beam: int | None = None,
+) -> None:
+    """Change the decoding settings of a loaded model in memory (attributes only; the sampler is replaced by a new
+    object, never changed in place). Raises :class:`GenerateError` for a flag the model has no use for."""
+    given = {"--steps": steps, "--sampler": sampler, "--length_beam": length_beam, "--noise_beam": noise_beam}
+    for flag in ("--steps", "--length_beam", "--noise_beam"):
+        if given[flag] is not None and given[flag] < 1:  # type: ignore[operator]
+            raise GenerateError(f"{flag} must be >= 1, got {given[flag]}")
+    current = getattr(module, "sampler", None)
+    if not isinstance(current, Sampler):
+        used = [flag for flag, value in given.items() if value is not None]
+        if used:
+            raise GenerateError(
+                f"{', '.join(used)} apply to diffusion models (sampling steps, sampler, length and noise beams); "
+                f"this model is a {type(module).__name__} ({module.decoding_settings()})"
+            )
+        return
+    if length_beam is not None:
+        if length_beam > 1 and getattr(module, "length_predictor", None) is None:
+            raise GenerateError(
+                "--length_beam > 1 needs a model with a length predictor (Difformer-style); this model decodes "
+                "one padded canvas per source: use --noise_beam for more MBR candidates"
+            )
+        module.length_beam = length_beam  # type: ignore[assignment]
+    if noise_beam is not None:
+        module.noise_beam = noise_beam  # type: ignore[assignment]
+    if sampler is not None:
+        module.sampler = sampler(steps if steps is not None else current.steps)  # type: ignore[assignment]
+    elif steps is not None:
+        replaced = copy.copy(current)
+        replaced.steps = steps
+        module.sampler = replaced  # type: ignore[assignment]
+
+
+def trained_max_src_len(path: str | Path) -> int:
+    """The run's ``data.max_src_len`` (from an export's ``config.yaml`` or a checkpoint's data hyperparameters),
+    else :data:`DEFAULT_MAX_SRC_LEN`: sources are truncated as in training."""
+    source = Path(path)
+    value: Any = None
+    try:
+        if source.is_dir():
+            config = yaml.safe_load((source / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+            value = ((config.get("data") or {}).get("init_args") or {}).get("max_src_len")
+        else:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+            value = (checkpoint.get("datamodule_hyper_parameters") or {}).get("max_src_len")
+    except Exception:  # a missing or unusual file only loses the default, never the run
+        value = None
+    return int(value) if isinstance(value, int) and value > 0 else DEFAULT_MAX_SRC_LEN
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def read_sources(texts: Iterable[str] | None, stdin: IO[str] | None = None) -> Iterator[str]:
+    """The sources, lazily: ``texts`` in order, where ``-`` (or no texts at all) reads ``stdin`` line by line."""
+    stream = stdin if stdin is not None else sys.stdin
+    items = list(texts or []) or ["-"]
+    for item in items:
+        if item == "-":
+            for line in stream:
+                yield line.rstrip("\r\n")
+        else:
+            yield item
+
+
+def _supports_on_step(module: Seq2SeqModule) -> bool:
+    return "on_step" in inspect.signature(module.generate).parameters
+
+
+class _StepBar:
+    """A tqdm bar over one batch's diffusion steps (``on_step(done, total)``), created on the first step."""
+
+    def __init__(self, enabled: bool, delay: float, description: str) -> None:
+        self.enabled, self.delay, self.description = enabled, delay, description
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit="step", leave=False, file=sys.stderr, delay=self.delay)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def generate_batches(
+    module: Seq2SeqModule,
+    sources: Iterable[str],
+    batch_size: int = 32,
+    seed: int = 0,
+    max_src_len: int = DEFAULT_MAX_SRC_LEN,
+    progress: Literal["auto", "always", "never"] = "never",
+) -> Iterator[list[Hypothesis]]:
+    """Decode ``sources`` ``batch_size`` lines at a time, yielding each batch's hypotheses in input order as soon as
+    it is decoded. Empty (whitespace-only) lines are not decoded and give an empty hypothesis.
+
+    Batch ``k`` is seeded with ``seed + index of its first line`` (see the module docstring for what that guarantees).
+    """
+    if batch_size < 1:
+        raise GenerateError(f"--batch_size must be >= 1, got {batch_size}")
+    if max_src_len < 1:
+        raise GenerateError(f"--max_src_len must be >= 1, got {max_src_len}")
+    tokenizer = module.tokenizer
+    ids = special_ids(tokenizer)
+    stepwise = _supports_on_step(module)
+    show = progress == "always" or (progress == "auto" and sys.stderr.isatty())
+    delay = PROGRESS_DELAY_S if progress == "auto" else 0.0
+    lines = iter(sources)
+    start = 0
+    while chunk := list(islice(lines, batch_size)):
+        indices = range(start, start + len(chunk))
+        out = [Hypothesis(index=i, source=text, hypothesis="") for i, text in zip(indices, chunk, strict=True)]
+        todo = [h for h in out if h.source.strip()]
+        if todo:
+            encoded = tokenizer([h.source for h in todo], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            examples = [
+                TokenizedExample(index=h.index, src_ids=list(tokens[:max_src_len]), tgt_ids=None, src_text=h.source, tgt_text=None)
+                for h, tokens in zip(todo, encoded, strict=True)
+            ]
+            batch = collate_examples(examples, pad_id=ids.pad, eos_id=ids.eos)
+            generator = torch.Generator(device=module.device).manual_seed(seed + start)
+            bar = _StepBar(show and stepwise, delay, f"sampling batch {start // batch_size + 1}")
+            kwargs: dict[str, Any] = {"on_step": bar} if stepwise else {}
+            try:
+                with torch.no_grad():
+                    result: Generation = module.generate(
+                        batch.src_ids.to(module.device), batch.src_mask.to(module.device), generator, **kwargs
+                    )
+            finally:
+                bar.close()
+            for h, text in zip(todo, result.texts, strict=True):
+                h.hypothesis, h.nfe, h.candidates = text, result.nfe, result.candidates
+        yield out
+        start += len(chunk)
+
+
+# ---------------------------------------------------------------------------------------------- command
+def _resolve_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GenerateError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise GenerateError(f"--device {device!r} is not a device: {err}") from None
+    return device
+
+
+def _one_line(text: str) -> str:
+    """A hypothesis on one output line (a decoded newline would break the line-per-input alignment)."""
+    return " ".join(text.splitlines())
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def generate(
+    model: str,
+    text: list[str] | None = None,
+    tokenizer: str | None = None,
+    steps: int | None = None,
+    sampler: Callable[[int], Sampler] | None = None,
+    length_beam: int | None = None,
+    noise_beam: int | None = None,
+    batch_size: int = 32,
+    seed: int | None = None,
+    max_src_len: int | None = None,
+    device: str | None = None,
+    progress: Literal["auto", "always", "never"] = "auto",
+    output: str | None = None,
+) -> None:
+    """Translate or summarize text with a trained model: hypotheses on stdout (one line per input line, input order).
+
+    Reads the texts given, else stdin line by line (``-`` stands for stdin); each batch is decoded as soon as it is
+    full (or at the end of the input) and flushed. Settings, NFE and a summary go to stderr.
+    Defaults of the decoding flags are the model's own settings; nothing is written back to the model files.
+
+    Args:
+        model: an ``export`` directory or a ``.ckpt`` written by ``lightning-diffusion fit``.
+        text: sources to decode (repeat ``--text+ SENTENCE``); ``-`` or none: read stdin.
+        tokenizer: tokenizer directory (default: the export's ``tokenizer/``, or ``<run dir>/tokenizer``).
+        steps: sampling steps = network evaluations (NFE) per candidate (diffusion models).
+        sampler: a Sampler class by name or class path (``DDIMSampler``, ``AncestralSampler``, ...) with its
+            options as ``--sampler.eta 0.5``; its steps are ``--steps`` (default: the model's).
+        length_beam: lengths tried per source (needs a length predictor).
+        noise_beam: noise samples per length. MBR picks one of ``length_beam x noise_beam`` candidates per source
+            (the MBR pool size is their product), all decoded in one batch.
+        batch_size: sentences per batch (use 1 for line-by-line interactive use).
+        seed: decoding seed (default: the model's ``decode_seed``); batch ``k`` uses ``seed + its first line's index``.
+        max_src_len: sources are truncated to this many tokens (default: the run's ``data.max_src_len``).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
+        progress: bar over the diffusion steps on stderr: ``auto`` (stderr is a terminal and a batch samples for
+            more than a second), ``always`` or ``never``.
+        output: also write JSONL rows ``{"source", "hypothesis", "nfe", "candidates"}`` here (``nfe`` per candidate).
+    """
+    try:
+        _run(model, text, tokenizer, steps, sampler, length_beam, noise_beam, batch_size, seed, max_src_len, device, progress, output)
+    except (GenerateError, TokenizerError) as err:
+        raise SystemExit(f"error: {err}") from None
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
+    except BrokenPipeError:  # e.g. `| head`: stop quietly, and keep Python from complaining at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def _run(
+    model: str,
+    text: list[str] | None,
+    tokenizer: str | None,
+    steps: int | None,
+    sampler: Callable[[int], Sampler] | None,
+    length_beam: int | None,
+    noise_beam: int | None,
+    batch_size: int,
+    seed: int | None,
+    max_src_len: int | None,
+    device: str | None,
+    progress: Literal["auto", "always", "never"],
+    output: str | None,
+) -> None:
+    resolved = _resolve_device(device)
+    if not Path(model).exists():
+        raise CheckpointError(f"{model}: no such export directory or checkpoint file")
+    module = load_pretrained(model, tokenizer, map_location=resolved)
+    apply_decoding_overrides(module, steps, sampler, length_beam, noise_beam)
+    seed = module.decode_seed if seed is None else seed
+    max_src_len = trained_max_src_len(model) if max_src_len is None else max_src_len
+    step_note = f", trained {module.checkpoint_step} steps" if module.checkpoint_step is not None else ""
+    _stderr(f"model: {model} ({type(module).__name__}{step_note}) on {resolved}")
+    _stderr(f"decoding: {module.decoding_settings()}")
+    _stderr(f"batch size {batch_size}, seed {seed}, sources truncated to {max_src_len} tokens")
+
+    stdout = sys.stdout
+    if hasattr(stdout, "reconfigure") and (stdout.encoding or "").lower().replace("-", "") != "utf8":
+        stdout.reconfigure(encoding="utf-8")
+    stdin = sys.stdin
+    if hasattr(stdin, "reconfigure") and (stdin.encoding or "").lower().replace("-", "") != "utf8":
+        stdin.reconfigure(encoding="utf-8", errors="replace")
+
+    jsonl = open(output, "w", encoding="utf-8") if output else None  # noqa: SIM115 (closed below)
+    sentences = decoded = calls = 0
+    nfe_shown = False
+    began = time.perf_counter()
+    try:
+        batches = generate_batches(module, read_sources(text, stdin), batch_size, seed, max_src_len, progress)
+        for rows in batches:
+            for row in rows:
+                stdout.write(_one_line(row.hypothesis) + "\n")
+                if row.candidates:
+                    decoded += 1
+                    calls += row.nfe * row.candidates
+                    if not nfe_shown:
+                        nfe_shown = True
+                        varies = "" if isinstance(getattr(module, "sampler", None), Sampler) else " (first batch: varies with the output length)"
+                        _stderr(
+                            f"NFE: {row.nfe} network evaluations per candidate x {row.candidates} candidates = "
+                            f"{row.nfe * row.candidates} per sentence{varies}"
+                        )
+                if jsonl is not None:
+                    record = {"source": row.source, "hypothesis": row.hypothesis, "nfe": row.nfe, "candidates": row.candidates}
+                    jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sentences += len(rows)
+            stdout.flush()
+            if jsonl is not None:
+                jsonl.flush()
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    wall = time.perf_counter() - began
+    rate = sentences / wall if wall > 0 else 0.0
+    per_sentence = f", {calls / decoded:.0f} network evaluations per sentence" if decoded else ""
+    empty = sentences - decoded
+    _stderr(
+        f"generated {sentences} sentences{f' ({empty} empty)' if empty else ''} in {wall:.2f} s "
+        f"({rate:.2f} sentences/s{per_sentence})" + (f"; wrote {output}" if output else "")
+    )
+
+
+def expand_positional_texts(argv: list[str]) -> list[str]:
+    """``MODEL TEXT ... [options]`` -> ``MODEL --text+=TEXT ... [options]``.
+
+    jsonargparse builds one positional per required parameter and has no variadic positionals, so the bare texts
+    after ``MODEL`` are rewritten into the repeatable ``--text+``. Every ``--option`` takes one value unless written
+    ``--option=value`` (``-h``/``--help`` and ``--print_config`` take none); ``--`` ends the options, so a text may
+    begin with ``-``; a lone ``-`` is a text meaning stdin.
+    """
+    flagless = {"-h", "--help", "--print_config"}
+    out: list[str] = []
+    seen_model = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest = argv[i + 1 :]
+            if not seen_model and rest:
+                out.append(rest[0])
+                seen_model, rest = True, rest[1:]
+            out += [f"--text+={item}" for item in rest]
+            break
+        if arg.startswith("-") and arg != "-":
+            out.append(arg)
+            if "=" not in arg and arg not in flagless and i + 1 < len(argv):
+                out.append(argv[i + 1])
+                i += 1
+        elif not seen_model:
+            out.append(arg)
+            seen_model = True
+        else:
+            out.append(f"--text+={arg}")
+        i += 1
+    return out
+
+
+generate.prepare_args = expand_positional_texts  # type: ignore[attr-defined]
+
+
+__all__ = ["GenerateError", "Hypothesis", "apply_decoding_overrides", "expand_positional_texts", "generate", "generate_batches"]
