@@ -183,6 +183,8 @@ class DiffusionLM(Seq2SeqModule):
             logits=self.denoiser.logits,
             length_logits=length_logits,
             length_targets=length_targets,
+            alpha_bar_t=self.schedule.alpha_bar(t, length),
+            embedding_table=self.denoiser.embedding_table,
         )
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)

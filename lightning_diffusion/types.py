@@ -82,6 +82,10 @@ class LossInputs:
         logits: maps latents ``[B, L, D]`` to vocabulary logits ``[B, L, V]`` (the tied rounding head).
         length_logits: ``[B, C]`` length-offset logits when the model has a length predictor, else None.
         length_targets: ``[B]`` long, the true offset classes, with ``length_logits``.
+        alpha_bar_t: ``[B, L]`` the signal level ``abar_t`` at each example's sampled step (e.g. for SNR
+            weighting, ``snr = abar_t / (1 - abar_t)``); None only when built by hand.
+        embedding_table: returns ``[V, D]``, the (normalized) word embeddings the rounding head scores against
+            (a function, so terms that don't need it cost nothing).
     """
 
     z0: Tensor
@@ -93,6 +97,8 @@ class LossInputs:
     logits: Callable[[Tensor], Tensor]
     length_logits: Tensor | None = None
     length_targets: Tensor | None = None
+    alpha_bar_t: Tensor | None = None
+    embedding_table: Callable[[], Tensor] | None = None
 
 
 @dataclass

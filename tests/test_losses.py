@@ -171,3 +171,31 @@ def test_per_example_independence(cls):
     a = cls()(_inputs())
     b = cls()(_inputs(x0_hat=x0_hat, z0=z0))
     assert a[0].item() == pytest.approx(b[0].item())
+
+
+def test_module_gives_loss_terms_the_signal_level_at_the_sampled_step(tok, batch) -> None:
+    """A term can weight by SNR: ``LossInputs.alpha_bar_t`` is ``abar_t`` at each example's own step."""
+    from lightning_diffusion import DiffusionLM
+    from lightning_diffusion.denoisers import EncoderDecoderDenoiser
+    from lightning_diffusion.schedules import SqrtSchedule
+
+    seen: list[LossInputs] = []
+
+    class Spy(X0MSE):
+        def forward(self, inputs: LossInputs) -> torch.Tensor:
+            seen.append(inputs)
+            return super().forward(inputs)
+
+    model = DiffusionLM(
+        denoiser=lambda v: EncoderDecoderDenoiser(v, latent_dim=8, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32),
+        schedule=SqrtSchedule(num_steps=50),
+        loss_terms=[Spy()],
+        vocab_size=len(tok),
+    )
+    model.compute_losses(batch)
+    (inputs,) = seen
+    expected = model.schedule.alpha_bar(inputs.t, inputs.z0.shape[1])
+    torch.testing.assert_close(inputs.alpha_bar_t, expected)
+    assert inputs.alpha_bar_t.shape == inputs.mask.shape
+    assert inputs.embedding_table is not None
+    torch.testing.assert_close(inputs.embedding_table(), model.denoiser.embedding_table())
