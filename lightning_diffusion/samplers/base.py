@@ -58,7 +58,17 @@ class Sampler(ABC):
 
     @abstractmethod
     def step(self, z_t: Tensor, x0: Tensor, abar_t: Tensor, abar_s: Tensor, noise: Tensor) -> Tensor:
-        """One update ``z_t -> z_s`` given ``x0_hat`` ``[B, L, D]``, levels ``[B, L]`` and fresh noise."""
+        """One update ``z_t -> z_s`` (``s < t`` on the respaced chain).
+
+        Args:
+            z_t: ``[B, L, D]`` current latents; x0: ``[B, L, D]`` the denoiser's (possibly clamped) estimate;
+            abar_t, abar_s: ``[B, L]`` signal levels at ``t`` and ``s``; noise: ``[B, L, D]`` fresh Gaussian noise
+            (unit variance; the step applies ``noise_factor`` itself where its rule injects noise; zeros at the
+            last step).
+
+        Returns:
+            ``z_s`` ``[B, L, D]``.
+        """
 
     def describe(self) -> str:
         """Settings in words, printed next to every score."""

@@ -85,6 +85,13 @@ class TabulatedSchedule(NoiseSchedule):
     Subclasses give a closed form ``f(t)`` on the grid ``t = 0..T``; the table is rebuilt from per-step
     betas ``beta_t = min(1 - f(t) / f(t - 1), max_beta)`` (improved DDPM's ``betas_for_alpha_bar``), so
     ``alpha_bar[0] = 1``, the table decreases strictly and ``alpha_bar[T] > 0``.
+
+    ``__init__`` calls :meth:`alpha_bar_fn` to build the table: a subclass sets the attributes its closed form
+    uses *before* calling ``super().__init__(num_steps)``.
+
+    Args:
+        num_steps: ``T``.
+        max_beta: cap on each step's ``beta_t`` (keeps ``alpha_bar[T] > 0`` when ``f(T) = 0``).
     """
 
     alpha_bar_table: Tensor
