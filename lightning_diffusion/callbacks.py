@@ -1,14 +1,20 @@
-"""Callbacks: a prediction writer (JSONL, input order) and a validation-score history."""
+"""Callbacks: a prediction writer (JSONL, input order), a validation-score history, decoded validation samples
+logged as text, a progress bar over the diffusion steps, adaptive-schedule refits and EMA."""
 
 from __future__ import annotations
 
+import csv
+import html
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -77,6 +83,144 @@ class ValidationHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+SAMPLE_COLUMNS = ("step", "index", "source", "hypothesis", "reference")
+
+
+def _markdown_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: HTML-escaped, on one line, with ``|`` and emphasis characters escaped."""
+    text = " ".join(html.escape(str(text), quote=False).splitlines())
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+
+
+class SampleTextLogger(Callback):
+    """After each validation, logs a few decoded samples (source, hypothesis, reference) as text, next to the
+    scores: to TensorBoard as a Markdown table (``add_text``, tab TEXT), to a CSV logger as rows of
+    ``<log_dir>/samples.csv`` (columns ``step, index, source, hypothesis, reference``), and to any other logger
+    that has ``log_text`` (e.g. Weights & Biases). Rank zero only; the sanity check is skipped.
+
+    The samples are the module's ``last_report["samples"]``: the first ``log_samples`` validation sentences, so
+    at most ``min(num_samples, model.log_samples)`` are logged.
+
+    Args:
+        num_samples: samples logged per validation.
+        tag: TensorBoard tag / ``log_text`` key.
+        csv_name: file name in a CSV logger's ``log_dir``.
+    """
+
+    def __init__(self, num_samples: int = 3, tag: str = "val/samples", csv_name: str = "samples.csv") -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = num_samples
+        self.tag = tag
+        self.csv_name = csv_name
+        self._logged: dict[str, Any] | None = None
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        report = getattr(pl_module, "last_report", None)
+        if trainer.sanity_checking or not report or report.get("stage") != "val" or report is self._logged:
+            return  # a stale report (validation without decoding) is not logged twice
+        self._logged = report
+        rows = list(report.get("samples") or [])[: self.num_samples]
+        if not rows or not trainer.is_global_zero:
+            return
+        step = int(report.get("step", trainer.global_step))
+        for logger in trainer.loggers:
+            self.log_samples(logger, step, rows, report)
+
+    def log_samples(self, logger: Logger, step: int, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
+        """Write ``rows`` to one logger (TensorBoard text, CSV file, or ``log_text``)."""
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(self.tag, self.markdown(step, rows, report), global_step=step)
+        elif isinstance(logger, CSVLogger):
+            path = Path(logger.log_dir) / self.csv_name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.is_file() or path.stat().st_size == 0
+            with path.open("a", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL)
+                if new:
+                    writer.writerow(SAMPLE_COLUMNS)
+                writer.writerows(self._records(step, rows))
+        elif callable(getattr(logger, "log_text", None)):
+            records = self._records(step, rows)
+            logger.log_text(key=self.tag, columns=list(SAMPLE_COLUMNS), data=records, step=step)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _records(step: int, rows: list[dict[str, Any]]) -> list[list[Any]]:
+        return [[step, *(row.get(key, "") for key in SAMPLE_COLUMNS[1:])] for row in rows]
+
+    @staticmethod
+    def markdown(step: int, rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
+        """A Markdown table of the samples, under a line with the step, BLEU and decoding settings."""
+        head = f"step {step}"
+        if isinstance(report.get("bleu"), float):
+            head += f", BLEU {report['bleu']:.2f}"
+        if report.get("settings"):
+            head += f"; decoding: {_markdown_cell(report['settings'])}"
+        lines = [head, "", "| # | source | hypothesis | reference |", "|---:|---|---|---|"]
+        for row in rows:
+            cells = [_markdown_cell(row.get(key, "")) for key in SAMPLE_COLUMNS[1:]]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+class SamplingProgress(Callback):
+    """A tqdm bar (stderr, cleared when done) over the diffusion steps of each batch decoded in validation, test and
+    predict, so a long sampling run shows it is moving. Shown on rank zero only, only while the trainer's progress
+    bar is enabled, and only once a batch has been sampling for ``delay`` seconds (short batches draw nothing).
+
+    The module calls :meth:`on_sampling_step` from the sampler's ``on_step(done, total)`` (see
+    ``Seq2SeqModule._decode_batch``); models without sampling steps (autoregressive search) never call it.
+
+    Args:
+        delay: seconds a batch samples before its bar appears.
+    """
+
+    def __init__(self, delay: float = 2.0) -> None:
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay}")
+        self.delay = delay
+        self._bar: Any = None
+
+    @staticmethod
+    def enabled(trainer: Trainer) -> bool:
+        """Rank zero, with the trainer's progress bar on."""
+        return trainer.is_global_zero and trainer.progress_bar_callback is not None
+
+    def on_sampling_step(self, trainer: Trainer, pl_module: LightningModule, done: int, total: int) -> None:
+        """Advance the bar to ``done`` of ``total`` steps (a new bar when a new batch starts)."""
+        if not self.enabled(trainer):
+            return
+        if self._bar is not None and (done <= self._bar.n or self._bar.total != total):
+            self.close()  # a new batch began
+        if self._bar is None:
+            from tqdm import tqdm
+
+            stage = getattr(trainer.state.stage, "value", trainer.state.stage) or "decode"
+            self._bar = tqdm(
+                total=total, desc=f"{stage}: sampling", unit="step", leave=False, file=sys.stderr, delay=self.delay
+            )
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Close (and clear) the current bar, if any."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.close()
+
+    on_test_batch_end = on_predict_batch_end = on_validation_batch_end
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.close()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.close()
 
 
 class AdaptiveScheduleRefit(Callback):

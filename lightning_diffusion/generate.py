@@ -36,6 +36,7 @@ from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 
 DEFAULT_MAX_SRC_LEN = 128  # Seq2SeqDataModule's default, when the run's data settings cannot be found
+DEFAULT_BATCH_SIZE = 32
 PROGRESS_DELAY_S = 1.0  # progress="auto": a batch's bar appears only once its sampling has run this long
 
 
@@ -52,6 +53,7 @@ class Hypothesis:
     hypothesis: str
     nfe: int = 0
     candidates: int = 0
+    truncated: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -74,7 +76,7 @@ def apply_decoding_overrides(
         if used:
             raise GenerateError(
                 f"{', '.join(used)} apply to diffusion models (sampling steps, sampler, length and noise beams); "
-                f"this model is a {type(module).__name__} ({module.decoding_settings()})"
+                f"this {type(module).__name__} has no sampler; it decodes with {module.decoding_settings()}"
             )
         return
     if length_beam is not None:
@@ -124,6 +126,13 @@ def read_sources(texts: Iterable[str] | None, stdin: IO[str] | None = None) -> I
             yield item
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # None, closed or replaced streams
+        return False
+
+
 def _supports_on_step(module: Seq2SeqModule) -> bool:
     return "on_step" in inspect.signature(module.generate).parameters
 
@@ -141,7 +150,14 @@ class _StepBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.description, unit="step", leave=False, file=sys.stderr, delay=self.delay)
+            self.bar = tqdm(
+                total=total,
+                desc=self.description,
+                unit="step",
+                leave=False,
+                file=sys.stderr,
+                delay=self.delay,
+            )
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -170,18 +186,28 @@ def generate_batches(
     tokenizer = module.tokenizer
     ids = special_ids(tokenizer)
     stepwise = _supports_on_step(module)
-    show = progress == "always" or (progress == "auto" and sys.stderr.isatty())
+    show = progress == "always" or (progress == "auto" and _isatty(sys.stderr))
     delay = PROGRESS_DELAY_S if progress == "auto" else 0.0
     lines = iter(sources)
     start = 0
     while chunk := list(islice(lines, batch_size)):
         indices = range(start, start + len(chunk))
-        out = [Hypothesis(index=i, source=text, hypothesis="") for i, text in zip(indices, chunk, strict=True)]
+        out = [
+            Hypothesis(index=i, source=text, hypothesis="") for i, text in zip(indices, chunk, strict=True)
+        ]
         todo = [h for h in out if h.source.strip()]
         if todo:
-            encoded = tokenizer([h.source for h in todo], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            encoded = tokenizer(
+                [h.source for h in todo], add_special_tokens=False, split_special_tokens=True
+            )["input_ids"]
             examples = [
-                TokenizedExample(index=h.index, src_ids=list(tokens[:max_src_len]), tgt_ids=None, src_text=h.source, tgt_text=None)
+                TokenizedExample(
+                    index=h.index,
+                    src_ids=list(tokens[:max_src_len]),
+                    tgt_ids=None,
+                    src_text=h.source,
+                    tgt_text=None,
+                )
                 for h, tokens in zip(todo, encoded, strict=True)
             ]
             batch = collate_examples(examples, pad_id=ids.pad, eos_id=ids.eos)
@@ -195,8 +221,9 @@ def generate_batches(
                     )
             finally:
                 bar.close()
-            for h, text in zip(todo, result.texts, strict=True):
+            for h, tokens, text in zip(todo, encoded, result.texts, strict=True):
                 h.hypothesis, h.nfe, h.candidates = text, result.nfe, result.candidates
+                h.truncated = len(tokens) > max_src_len
         yield out
         start += len(chunk)
 
@@ -231,7 +258,7 @@ def generate(
     sampler: Callable[[int], Sampler] | None = None,
     length_beam: int | None = None,
     noise_beam: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int | None = None,
     max_src_len: int | None = None,
     device: str | None = None,
@@ -254,7 +281,8 @@ def generate(
         length_beam: lengths tried per source (needs a length predictor).
         noise_beam: noise samples per length. MBR picks one of ``length_beam x noise_beam`` candidates per source
             (the MBR pool size is their product), all decoded in one batch.
-        batch_size: sentences per batch (use 1 for line-by-line interactive use).
+        batch_size: sentences per batch (default 32; 1 when reading stdin from a terminal, so each line is
+            answered as it is typed).
         seed: decoding seed (default: the model's ``decode_seed``); batch ``k`` uses ``seed + its first line's index``.
         max_src_len: sources are truncated to this many tokens (default: the run's ``data.max_src_len``).
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
@@ -263,10 +291,22 @@ def generate(
         output: also write JSONL rows ``{"source", "hypothesis", "nfe", "candidates"}`` here (``nfe`` per candidate).
     """
     try:
-        _run(model, text, tokenizer, steps, sampler, length_beam, noise_beam, batch_size, seed, max_src_len, device, progress, output)
-    except (GenerateError, TokenizerError) as err:
-        raise SystemExit(f"error: {err}") from None
-    except CheckpointError as err:
+        _run(
+            model,
+            text,
+            tokenizer,
+            steps,
+            sampler,
+            length_beam,
+            noise_beam,
+            batch_size,
+            seed,
+            max_src_len,
+            device,
+            progress,
+            output,
+        )
+    except (GenerateError, TokenizerError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
     except BrokenPipeError:  # e.g. `| head`: stop quietly, and keep Python from complaining at exit
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -282,13 +322,16 @@ def _run(
     sampler: Callable[[int], Sampler] | None,
     length_beam: int | None,
     noise_beam: int | None,
-    batch_size: int,
+    batch_size: int | None,
     seed: int | None,
     max_src_len: int | None,
     device: str | None,
     progress: Literal["auto", "always", "never"],
     output: str | None,
 ) -> None:
+    for flag, value in (("--batch_size", batch_size), ("--max_src_len", max_src_len)):
+        if value is not None and value < 1:
+            raise GenerateError(f"{flag} must be >= 1, got {value}")
     resolved = _resolve_device(device)
     if not Path(model).exists():
         raise CheckpointError(f"{model}: no such export directory or checkpoint file")
@@ -299,7 +342,10 @@ def _run(
     step_note = f", trained {module.checkpoint_step} steps" if module.checkpoint_step is not None else ""
     _stderr(f"model: {model} ({type(module).__name__}{step_note}) on {resolved}")
     _stderr(f"decoding: {module.decoding_settings()}")
-    _stderr(f"batch size {batch_size}, seed {seed}, sources truncated to {max_src_len} tokens")
+    if batch_size is None:
+        interactive = (not text or "-" in text) and _isatty(sys.stdin)
+        batch_size = 1 if interactive else DEFAULT_BATCH_SIZE
+    _stderr(f"batch size {batch_size}, seed {seed}, sources cut at {max_src_len} tokens (max_src_len)")
 
     stdout = sys.stdout
     if hasattr(stdout, "reconfigure") and (stdout.encoding or "").lower().replace("-", "") != "utf8":
@@ -309,26 +355,35 @@ def _run(
         stdin.reconfigure(encoding="utf-8", errors="replace")
 
     jsonl = open(output, "w", encoding="utf-8") if output else None  # noqa: SIM115 (closed below)
-    sentences = decoded = calls = 0
+    sentences = decoded = calls = truncated = 0
     nfe_shown = False
     began = time.perf_counter()
     try:
         batches = generate_batches(module, read_sources(text, stdin), batch_size, seed, max_src_len, progress)
         for rows in batches:
+            first = next((row for row in rows if row.candidates), None)
+            if first is not None and not nfe_shown:  # once, before the first hypotheses
+                nfe_shown = True
+                varies = (
+                    "" if isinstance(getattr(module, "sampler", None), Sampler) else " (first batch; varies)"
+                )
+                _stderr(
+                    f"NFE: {first.nfe} network evaluations per candidate x {first.candidates} candidates = "
+                    f"{first.nfe * first.candidates} per sentence{varies}"
+                )
             for row in rows:
                 stdout.write(_one_line(row.hypothesis) + "\n")
+                truncated += row.truncated
                 if row.candidates:
                     decoded += 1
                     calls += row.nfe * row.candidates
-                    if not nfe_shown:
-                        nfe_shown = True
-                        varies = "" if isinstance(getattr(module, "sampler", None), Sampler) else " (first batch: varies with the output length)"
-                        _stderr(
-                            f"NFE: {row.nfe} network evaluations per candidate x {row.candidates} candidates = "
-                            f"{row.nfe * row.candidates} per sentence{varies}"
-                        )
                 if jsonl is not None:
-                    record = {"source": row.source, "hypothesis": row.hypothesis, "nfe": row.nfe, "candidates": row.candidates}
+                    record = {
+                        "source": row.source,
+                        "hypothesis": row.hypothesis,
+                        "nfe": row.nfe,
+                        "candidates": row.candidates,
+                    }
                     jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
             sentences += len(rows)
             stdout.flush()
@@ -341,8 +396,11 @@ def _run(
     rate = sentences / wall if wall > 0 else 0.0
     per_sentence = f", {calls / decoded:.0f} network evaluations per sentence" if decoded else ""
     empty = sentences - decoded
+    notes = [f"{empty} empty"] if empty else []
+    notes += [f"{truncated} cut at {max_src_len} tokens"] if truncated else []
+    noted = f" ({', '.join(notes)})" if notes else ""
     _stderr(
-        f"generated {sentences} sentences{f' ({empty} empty)' if empty else ''} in {wall:.2f} s "
+        f"generated {sentences} sentence{'' if sentences == 1 else 's'}{noted} in {wall:.2f} s "
         f"({rate:.2f} sentences/s{per_sentence})" + (f"; wrote {output}" if output else "")
     )
 
@@ -385,4 +443,11 @@ def expand_positional_texts(argv: list[str]) -> list[str]:
 generate.prepare_args = expand_positional_texts  # type: ignore[attr-defined]
 
 
-__all__ = ["GenerateError", "Hypothesis", "apply_decoding_overrides", "expand_positional_texts", "generate", "generate_batches"]
+__all__ = [
+    "GenerateError",
+    "Hypothesis",
+    "apply_decoding_overrides",
+    "expand_positional_texts",
+    "generate",
+    "generate_batches",
+]

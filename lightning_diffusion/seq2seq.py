@@ -289,9 +289,28 @@ class Seq2SeqModule(LightningModule):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
+    def _sampling_step_hook(self) -> Callable[[int, int], None] | None:
+        """``on_step(done, total)`` for :meth:`generate` that calls ``on_sampling_step(trainer, module, done, total)``
+        on the trainer's callbacks that define it (e.g. :class:`~lightning_diffusion.callbacks.SamplingProgress`);
+        None without such a callback or when ``generate`` takes no ``on_step`` (autoregressive search)."""
+        trainer = self._trainer
+        if trainer is None or "on_step" not in inspect.signature(self.generate).parameters:
+            return None
+        listeners = [cb for cb in trainer.callbacks if callable(getattr(cb, "on_sampling_step", None))]
+        if not listeners:
+            return None
+
+        def on_step(done: int, total: int) -> None:
+            for callback in listeners:
+                callback.on_sampling_step(trainer, self, done, total)
+
+        return on_step
+
     def _decode_batch(self, batch: Seq2SeqBatch) -> list[dict[str, Any]]:
         generator = torch.Generator(device=self.device).manual_seed(self.decode_seed + int(batch.index[0]))
-        result = self.generate(batch.src_ids, batch.src_mask, generator)
+        on_step = self._sampling_step_hook()
+        extra: dict[str, Any] = {"on_step": on_step} if on_step is not None else {}
+        result = self.generate(batch.src_ids, batch.src_mask, generator, **extra)
         rows = []
         for i, hyp in enumerate(result.texts):
             row: dict[str, Any] = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hyp}
