@@ -107,7 +107,9 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
         try:
-            CLI(TOOLS[argv[0]], args=argv[1:], prog=f"lightning-diffusion {argv[0]}")
+            tool = TOOLS[argv[0]]
+            prepare = getattr(tool, "prepare_args", list)  # e.g. generate: bare texts after MODEL
+            CLI(tool, args=prepare(argv[1:]), prog=f"lightning-diffusion {argv[0]}")
         except CheckpointError as err:
             raise SystemExit(f"error: {err}") from None
         return None

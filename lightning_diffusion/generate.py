@@ -273,7 +273,8 @@ def generate(
 
     Args:
         model: an ``export`` directory or a ``.ckpt`` written by ``lightning-diffusion fit``.
-        text: sources to decode (repeat ``--text+ SENTENCE``); ``-`` or none: read stdin.
+        text: sources to decode, given after MODEL (``generate MODEL "text one" "text two"``) or as repeated
+            ``--text+ SENTENCE``; ``-`` or none: read stdin.
         tokenizer: tokenizer directory (default: the export's ``tokenizer/``, or ``<run dir>/tokenizer``).
         steps: sampling steps = network evaluations (NFE) per candidate (diffusion models).
         sampler: a Sampler class by name or class path (``DDIMSampler``, ``AncestralSampler``, ...) with its

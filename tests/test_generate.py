@@ -198,8 +198,13 @@ def test_positional_texts_rewrite() -> None:
 
 def test_positional_texts_through_the_parser(model: Model, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
+    from lightning_diffusion.cli import main
+
+    main(["generate", str(model.export), SOURCES[0], "--steps", "2", SOURCES[1]])  # what the console script runs
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2
     CLI(generate, args=expand_positional_texts([str(model.export), SOURCES[0], "--steps", "2", SOURCES[1]]))
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert capsys.readouterr().out.splitlines() == out
 
 
 def test_overrides_do_not_touch_the_loaded_sampler(model: Model) -> None:
