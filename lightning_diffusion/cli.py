@@ -14,7 +14,6 @@ from pathlib import Path
 
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from safetensors.torch import load_file
 
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.generate import generate
@@ -24,6 +23,7 @@ from lightning_diffusion.pretrained import (
     WEIGHTS_FILE,
     CheckpointError,
     export_pretrained,
+    load_weights,
 )
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
@@ -76,7 +76,9 @@ class LightningDiffusionCLI(LightningCLI):
         self.model._check_tokenizer()
         if self.datamodule is not None and hasattr(self.datamodule, "tokenizer_fingerprint"):
             self.datamodule.load_state_dict({"tokenizer_fingerprint": metadata.get("tokenizer_fingerprint")})
-        self.model.load_state_dict(load_file(str(export / WEIGHTS_FILE)), strict=True)
+        missing, unexpected = load_weights(self.model, export / WEIGHTS_FILE)
+        if missing or unexpected:
+            raise CheckpointError(f"{export}: weights do not match the model (missing: {missing[:5]}, unexpected: {unexpected[:5]})")
         config["ckpt_path"] = None
 
     before_fit = before_validate = before_test = before_predict = _prepare_checkpoint

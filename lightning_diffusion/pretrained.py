@@ -11,14 +11,17 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from jsonargparse import ArgumentParser
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from lightning_diffusion.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from lightning_diffusion.seq2seq import CHECKPOINT_KEY, Seq2SeqModule
@@ -78,6 +81,15 @@ def build_module(config: dict[str, Any], source: str | Path) -> Seq2SeqModule:
         raise CheckpointError(f"{source}: cannot build the model from its config: {err}") from err
 
 
+def load_weights(module: torch.nn.Module, weights_file: Path, map_location: str | torch.device = "cpu") -> tuple[list[str], list[str]]:
+    """Load ``model.safetensors`` into ``module`` (tied weights are stored once); returns (missing, unexpected)."""
+    try:
+        missing, unexpected = load_model(module, str(weights_file), strict=False, device=str(map_location))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    return list(missing), list(unexpected)
+
+
 def _run_tokenizer_dir(checkpoint_path: Path) -> Path:
     """``<run dir>/tokenizer`` for ``<run dir>/checkpoints/<name>.ckpt`` (where ``fit`` saves it)."""
     return checkpoint_path.resolve().parent.parent / TOKENIZER_DIR
@@ -114,21 +126,17 @@ def load_pretrained(
         metadata = json.loads((source / METADATA_FILE).read_text(encoding="utf-8"))
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
         module = build_module(config["model"], config_file)
-        try:
-            state = load_file(str(weights_file), device=str(map_location))
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
+        missing, unexpected = load_weights(module, weights_file, map_location)
         expected = metadata.get("tokenizer_fingerprint")
         module.checkpoint_step = metadata.get("global_step")
         tokenizer_dir = Path(tokenizer) if tokenizer is not None else source / TOKENIZER_DIR
     else:
         checkpoint = read_checkpoint(source, map_location)
         module = build_module(model_config(checkpoint, source), source)
-        state = checkpoint["state_dict"]
+        missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
         expected = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
         module.checkpoint_step = checkpoint.get("global_step")
         tokenizer_dir = Path(tokenizer) if tokenizer is not None else _run_tokenizer_dir(source)
-    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: weights do not match the model built from its config (missing: {missing[:5]}, "
@@ -148,7 +156,22 @@ def export_pretrained(checkpoint_path: str | Path, output_dir: str | Path, token
     module = load_pretrained(source, tokenizer)  # builds, loads and checks the tokenizer: fail before writing
     checkpoint = read_checkpoint(source)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_export(module, checkpoint, source, out, staging)
+        out.mkdir(exist_ok=True)
+        for item in staging.iterdir():  # only after everything was written: no half-written export
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _write_export(module: Seq2SeqModule, checkpoint: dict[str, Any], source: Path, out: Path, staging: Path) -> None:
     config: dict[str, Any] = {"model": model_config(checkpoint, source)}
     data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     data_class = data.pop("_class_path", None)
@@ -163,10 +186,10 @@ def export_pretrained(checkpoint_path: str | Path, output_dir: str | Path, token
         f"# Predict: lightning-diffusion predict -c {out}/{CONFIG_FILE} --ckpt_path {out} --data.predict_file <inputs>\n"
         f"# Python:  lightning_diffusion.pretrained.load_pretrained('{out}')\n"
     )
-    (out / CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "lightning-diffusion", "version": str(FORMAT_VERSION)})
-    module.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    (staging / CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    # save_model stores tied weights (e.g. an output layer sharing the embedding) once.
+    save_model(module.cpu(), str(staging / WEIGHTS_FILE), metadata={"format": "lightning-diffusion", "version": str(FORMAT_VERSION)})
+    module.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
     from lightning_diffusion import __version__
 
     metadata = {
@@ -178,8 +201,7 @@ def export_pretrained(checkpoint_path: str | Path, output_dir: str | Path, token
         "source_checkpoint": str(source.resolve()),
         "parameters": sum(p.numel() for p in module.parameters()),
     }
-    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-    return out
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["CheckpointError", "export_pretrained", "load_pretrained", "read_checkpoint"]
+__all__ = ["CheckpointError", "export_pretrained", "load_pretrained", "load_weights", "read_checkpoint"]

@@ -169,3 +169,26 @@ def test_base_class_reload_builds_the_subclass_named_in_the_checkpoint(tmp_path:
 
     assert type(DiffusionLM.load_from_checkpoint(ckpt)) is run_probes.TaggedLM
     assert type(load_pretrained(ckpt)) is run_probes.TaggedLM
+
+
+def test_autoregressive_export_with_tied_weights(tmp_path: Path, tiny_data: TinyData) -> None:
+    """The baseline ties its output layer to the embedding: exported once, restored tied, same decoding."""
+    recipe = RECIPES_DIR / "autoregressive" / "multi30k_en_de.yaml"
+    args = make_tiny_overrides(tmp_path / "run", recipe, data=tiny_data, max_steps=2, val_check_interval=2)
+    proc = cli("fit", "-c", recipe, *args, "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
+    exported = export_pretrained(ckpt, tmp_path / "exported")
+    model, reference = load_pretrained(exported), load_pretrained(ckpt)
+    tied = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    assert len(tied) > len(dict(model.named_parameters()))  # still shared after loading
+    src = model.tokenizer(["Tom is here.", "I felt cheated."], return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = src.attention_mask.bool()
+    assert model.generate(src.input_ids, mask).texts == reference.generate(src.input_ids, mask).texts
+
+
+def test_failed_export_writes_nothing(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="tokenizer"):
+        export_pretrained(run_dir / "checkpoints" / "last.ckpt", tmp_path / "out", tokenizer=tmp_path / "no_tokenizer")
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []  # no staging directory left behind
