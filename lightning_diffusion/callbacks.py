@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import re
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_diffusion.data.jsonl import jsonl_line
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -48,7 +49,7 @@ class PredictionWriter(BasePredictionWriter):
         with path.open("w", encoding="utf-8") as handle:
             for index in sorted(unique):
                 row = {key: value for key, value in unique[index].items() if key != "index"}
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                handle.write(jsonl_line(row))
         self.written = path
         settings = pl_module.decoding_settings() if hasattr(pl_module, "decoding_settings") else ""
         rank_zero_info(f"wrote {len(unique)} predictions to {path}\n  decoding: {settings}")

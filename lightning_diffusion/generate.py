@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 import yaml
 
 from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
+from lightning_diffusion.data.jsonl import jsonl_line
 from lightning_diffusion.data.tokenizer import TokenizerError, special_ids
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
 from lightning_diffusion.samplers.base import Sampler
@@ -385,7 +385,7 @@ def _run(
                         "nfe": row.nfe,
                         "candidates": row.candidates,
                     }
-                    jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    jsonl.write(jsonl_line(record))
             sentences += len(rows)
             stdout.flush()
             if jsonl is not None:

@@ -307,13 +307,19 @@ class Seq2SeqModule(LightningModule):
         return on_step
 
     def _decode_batch(self, batch: Seq2SeqBatch) -> list[dict[str, Any]]:
+        """Decode a batch into rows ``{"index", "source", "hypothesis"[, "reference"]}``. An empty or blank source (kept
+        for prediction so outputs stay aligned with input lines) gets an empty hypothesis: there is nothing to
+        translate, and the model's output from an all-padding source would be unconditioned text."""
         generator = torch.Generator(device=self.device).manual_seed(self.decode_seed + int(batch.index[0]))
         on_step = self._sampling_step_hook()
         extra: dict[str, Any] = {"on_step": on_step} if on_step is not None else {}
         result = self.generate(batch.src_ids, batch.src_mask, generator, **extra)
         rows = []
+        lengths = batch.src_mask.sum(-1).tolist()
         for i, hyp in enumerate(result.texts):
-            row: dict[str, Any] = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hyp}
+            empty = lengths[i] == 0 or not batch.src_text[i].strip()
+            hypothesis = "" if empty else hyp
+            row: dict[str, Any] = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hypothesis}
             if batch.tgt_text is not None:
                 row["reference"] = batch.tgt_text[i]
             rows.append(row)

@@ -1028,9 +1028,9 @@ def test_numeric_strings_are_coerced_and_used_not_ignored(
 def test_cli_predict_with_empty_lines_writes_one_row_per_line_whatever_the_kernel(
     tiny_data: TinyData, tmp_path: Path, run_cli: Callable[[list[str]], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An empty line of a ``.txt`` predict file is an empty source: one output row, in order, and its
-    hypothesis comes from attention that sees nothing (zeros), not from NaN, so the predictions are the same
-    whether the attention kernel returns zeros or NaN for a fully masked row."""
+    """An empty line of a ``.txt`` predict file is an empty source: one output row, in order, with an empty
+    hypothesis; the batch it shares with other sources decodes from attention that sees zeros (not NaN) for
+    it, so the predictions are the same whether the kernel returns zeros or NaN for a fully masked row."""
     lines = ["", "I have to go to the hospital.", "   ", "Tom is here.", ""]
     inputs = tmp_path / "inputs.txt"
     inputs.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -1055,6 +1055,8 @@ def test_cli_predict_with_empty_lines_writes_one_row_per_line_whatever_the_kerne
     rows = predict(tmp_path / "torch_kernel")
     assert [row["source"] for row in rows] == lines
     assert all(isinstance(row["hypothesis"], str) and "reference" not in row for row in rows)
+    # Documented handling: nothing to translate -> an empty hypothesis (not unconditioned model output).
+    assert [row["hypothesis"] == "" for row in rows] == [not line.strip() for line in lines]
     set_backend("sdpa")
     monkeypatch.setattr(
         attention_module, "F", SimpleNamespace(scaled_dot_product_attention=plain_softmax_sdpa)

@@ -276,3 +276,15 @@ def read_examples(
 
 
 __all__ = ["DataError", "Example", "ReadStats", "read_examples", "resolve_path"]
+
+
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def jsonl_line(record: dict[str, Any]) -> str:
+    """One JSONL line (with the newline): UTF-8 text kept readable, but U+2028, U+2029 and U+0085 escaped, since
+    readers that split on Unicode line breaks (``str.splitlines``, many editors) would cut the record there."""
+    text = json.dumps(record, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        text = text.replace(char, escaped)
+    return text + "\n"

@@ -255,3 +255,13 @@ def test_plain_paths_are_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_path("~/x.jsonl") == tmp_path / "x.jsonl"
     assert resolve_path("rel/x.jsonl") == Path("rel/x.jsonl")
+
+
+def test_jsonl_line_escapes_unicode_line_breaks_and_round_trips() -> None:
+    from lightning_diffusion.data.jsonl import jsonl_line
+
+    record = {"source": "a\u2028b\u2029c\x85d", "hypothesis": "ñ 😀 \n tab\t"}
+    line = jsonl_line(record)
+    assert line.endswith("\n") and len(line.splitlines()) == 1  # one record, one line, for any line splitter
+    assert json.loads(line) == record
+    assert "ñ 😀" in line  # readable UTF-8 otherwise
