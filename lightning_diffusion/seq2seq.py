@@ -244,6 +244,22 @@ class Seq2SeqModule(LightningModule):
         batch_number = self.trainer.fit_loop.total_batch_idx
         torch.manual_seed(step_seed(self.train_seed, batch_number, self.global_rank))
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a non-finite gradient reaches the weights (a finite loss can still overflow in the
+        backward pass, e.g. in bf16): ``FloatingPointError`` naming the step and the first parameters affected.
+        Skipped under fp16 loss scaling, whose scaler skips such steps by design. One device sync per step."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [(name, p.grad) for name, p in self.named_parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+            return
+        bad = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+        raise FloatingPointError(
+            f"non-finite gradients at global step {self.global_step} in {len(bad)} parameter(s): "
+            f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; the weights were not updated. Lower the learning "
+            "rate, enable gradient clipping (trainer.gradient_clip_val) or train in float32"
+        )
+
     # ------------------------------------------------------------------ multi-process helpers
     @property
     def world_size(self) -> int:

@@ -261,6 +261,29 @@ def test_nan_loss_raises_at_the_right_step(
         module.training_step(batch, 0)
 
 
+def test_non_finite_gradient_stops_before_the_weights_change(tiny_datamodule: Any, tmp_path: Path) -> None:
+    """Finite loss, overflowing backward pass (simulated by a gradient hook at the 3rd step): the run stops
+    naming the step and the parameter, and the weights are those after step 2, never NaN."""
+    module = make_module(tiny_datamodule.tokenizer)
+    weight = module.denoiser.word_embedding.weight
+    calls = {"n": 0}
+
+    def overflow_on_third_call(grad: Tensor) -> Tensor:
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] == 3 else grad
+
+    weight.register_hook(overflow_on_third_call)
+    trainer = Trainer(
+        max_steps=5, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, use_distributed_sampler=False,
+    )  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"non-finite gradients at global step 2 .*denoiser\.word_embedding\.weight"):
+        trainer.fit(module, tiny_datamodule)
+    assert trainer.global_step == 2
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
 def test_on_load_checkpoint_rejects_other_tokenizer(tok: Any) -> None:
     module = make_module(tok)
     mine = tokenizer_fingerprint(tok)
