@@ -15,7 +15,6 @@ the noise (and the canvas shared by a batch) differ and hypotheses of a diffusio
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import sys
 import time
@@ -133,10 +132,6 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def _supports_on_step(module: Seq2SeqModule) -> bool:
-    return "on_step" in inspect.signature(module.generate).parameters
-
-
 class _StepBar:
     """A tqdm bar over one batch's diffusion steps (``on_step(done, total)``), created on the first step."""
 
@@ -185,7 +180,7 @@ def generate_batches(
         raise GenerateError(f"--max_src_len must be >= 1, got {max_src_len}")
     tokenizer = module.tokenizer
     ids = special_ids(tokenizer)
-    stepwise = _supports_on_step(module)
+    stepwise = module.reports_sampling_steps
     show = progress == "always" or (progress == "auto" and _isatty(sys.stderr))
     delay = PROGRESS_DELAY_S if progress == "auto" else 0.0
     lines = iter(sources)

@@ -305,12 +305,17 @@ class Seq2SeqModule(LightningModule):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
+    @property
+    def reports_sampling_steps(self) -> bool:
+        """Whether :meth:`generate` takes ``on_step(done, total)`` (diffusion sampling does, autoregressive search not)."""
+        return "on_step" in inspect.signature(self.generate).parameters
+
     def _sampling_step_hook(self) -> Callable[[int, int], None] | None:
         """``on_step(done, total)`` for :meth:`generate` that calls ``on_sampling_step(trainer, module, done, total)``
         on the trainer's callbacks that define it (e.g. :class:`~lightning_diffusion.callbacks.SamplingProgress`);
         None without such a callback or when ``generate`` takes no ``on_step`` (autoregressive search)."""
         trainer = self._trainer
-        if trainer is None or "on_step" not in inspect.signature(self.generate).parameters:
+        if trainer is None or not self.reports_sampling_steps:
             return None
         listeners = [cb for cb in trainer.callbacks if callable(getattr(cb, "on_sampling_step", None))]
         if not listeners:
