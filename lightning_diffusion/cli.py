@@ -7,7 +7,6 @@ Checkpoints are always read weights-only unless ``--weights_only false`` is give
 
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from lightning_diffusion.pretrained import (
     WEIGHTS_FILE,
     CheckpointError,
     export_pretrained,
-    load_weights,
+    load_export_weights,
 )
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
@@ -70,15 +69,10 @@ class LightningDiffusionCLI(LightningCLI):
         export = self._export_dir()
         if export is None:
             return
-        metadata = json.loads((export / METADATA_FILE).read_text(encoding="utf-8"))
-        self.model.checkpoint_tokenizer_fingerprint = metadata.get("tokenizer_fingerprint")
-        self.model.checkpoint_step = metadata.get("global_step")
+        metadata = load_export_weights(self.model, export)
         self.model._check_tokenizer()
         if self.datamodule is not None and hasattr(self.datamodule, "tokenizer_fingerprint"):
             self.datamodule.load_state_dict({"tokenizer_fingerprint": metadata.get("tokenizer_fingerprint")})
-        missing, unexpected = load_weights(self.model, export / WEIGHTS_FILE)
-        if missing or unexpected:
-            raise CheckpointError(f"{export}: weights do not match the model (missing: {missing[:5]}, unexpected: {unexpected[:5]})")
         config["ckpt_path"] = None
 
     before_fit = before_validate = before_test = before_predict = _prepare_checkpoint

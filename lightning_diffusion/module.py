@@ -200,7 +200,7 @@ class DiffusionLM(Seq2SeqModule):
                 "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
             )
         # Statistics that steer training are kept identical on every rank: summed / gathered over ranks.
-        self.schedule.commit_observations(self.all_reduce_sum if self.world_size > 1 else None)
+        self.schedule.commit_observations(self.all_reduce_sum)
         if self.timestep_sampler.learns:
             t, per_example = self.gather_ragged(t, per_example)
         self.timestep_sampler.update(t, per_example)

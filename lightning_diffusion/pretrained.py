@@ -81,13 +81,27 @@ def build_module(config: dict[str, Any], source: str | Path) -> Seq2SeqModule:
         raise CheckpointError(f"{source}: cannot build the model from its config: {err}") from err
 
 
-def load_weights(module: torch.nn.Module, weights_file: Path, map_location: str | torch.device = "cpu") -> tuple[list[str], list[str]]:
-    """Load ``model.safetensors`` into ``module`` (tied weights are stored once); returns (missing, unexpected)."""
+def _check_match(source: str | Path, missing: list[str], unexpected: list[str]) -> None:
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the model built from its config (missing: {missing[:5]}, "
+            f"unexpected: {unexpected[:5]})"
+        )
+
+
+def load_export_weights(module: Seq2SeqModule, export_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load ``export_dir/model.safetensors`` into ``module`` (every weight must match; tied weights are stored
+    once), record the export's training step and tokenizer fingerprint on the module, and return ``export.json``."""
+    weights_file = export_dir / WEIGHTS_FILE
+    metadata = json.loads((export_dir / METADATA_FILE).read_text(encoding="utf-8"))
     try:
         missing, unexpected = load_model(module, str(weights_file), strict=False, device=str(map_location))
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
-    return list(missing), list(unexpected)
+    _check_match(export_dir, list(missing), list(unexpected))
+    module.checkpoint_step = metadata.get("global_step")
+    module.checkpoint_tokenizer_fingerprint = metadata.get("tokenizer_fingerprint")
+    return metadata
 
 
 def _run_tokenizer_dir(checkpoint_path: Path) -> Path:
@@ -123,25 +137,18 @@ def load_pretrained(
         for required in (config_file, weights_file, source / METADATA_FILE):
             if not required.is_file():
                 raise CheckpointError(f"{source}: not an export directory (missing {required.name})")
-        metadata = json.loads((source / METADATA_FILE).read_text(encoding="utf-8"))
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
         module = build_module(config["model"], config_file)
-        missing, unexpected = load_weights(module, weights_file, map_location)
-        expected = metadata.get("tokenizer_fingerprint")
-        module.checkpoint_step = metadata.get("global_step")
+        expected = load_export_weights(module, source, map_location).get("tokenizer_fingerprint")
         tokenizer_dir = Path(tokenizer) if tokenizer is not None else source / TOKENIZER_DIR
     else:
         checkpoint = read_checkpoint(source, map_location)
         module = build_module(model_config(checkpoint, source), source)
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+        _check_match(source, missing, unexpected)
         expected = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer_fingerprint")
         module.checkpoint_step = checkpoint.get("global_step")
         tokenizer_dir = Path(tokenizer) if tokenizer is not None else _run_tokenizer_dir(source)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not match the model built from its config (missing: {missing[:5]}, "
-            f"unexpected: {unexpected[:5]})"
-        )
     _attach(module, tokenizer_dir, expected, source)
     return module.to(map_location).eval()
 
@@ -204,4 +211,4 @@ def _write_export(module: Seq2SeqModule, checkpoint: dict[str, Any], source: Pat
     (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["CheckpointError", "export_pretrained", "load_pretrained", "load_weights", "read_checkpoint"]
+__all__ = ["CheckpointError", "export_pretrained", "load_pretrained", "load_export_weights", "read_checkpoint"]

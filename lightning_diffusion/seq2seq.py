@@ -251,7 +251,8 @@ class Seq2SeqModule(LightningModule):
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return
         grads = [(name, p.grad) for name, p in self.named_parameters() if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+        # A norm is non-finite iff an element is: one fused kernel (as clip_grad_norm_ does), one sync.
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm([g for _, g in grads]))).all()):
             return
         bad = [name for name, g in grads if not bool(torch.isfinite(g).all())]
         raise FloatingPointError(
