@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import datetime as dt
 import gc
 import importlib
@@ -284,16 +285,6 @@ def attach(module: Any, dm: Any) -> None:
     module.attach_tokenizer(dm.tokenizer, dm.tokenizer_fingerprint)
 
 
-def set_path(obj: Any, dotted: str, value: Any) -> Any:
-    """Set ``obj.a.b = value`` for ``dotted = "a.b"``; returns the previous value."""
-    *parents, last = dotted.split(".")
-    for name in parents:
-        obj = getattr(obj, name)
-    old = getattr(obj, last)
-    setattr(obj, last, value)
-    return old
-
-
 def build_value(value: Any) -> Any:
     """``{"class_path": ..., "init_args": {...}}`` -> an instance; anything else as is."""
     if isinstance(value, dict) and "class_path" in value:
@@ -301,47 +292,40 @@ def build_value(value: Any) -> Any:
     return value
 
 
-@contextlib.contextmanager
-def decoding(module: Any, overrides: dict[str, Any]) -> Iterator[Any]:
-    """Temporarily set decoding attributes (``{"sampler.steps": 50}``, ``{"search": {"class_path": ...}}``)."""
-    saved = []
-    try:
-        for key, value in overrides.items():
-            saved.append((key, set_path(module, key, build_value(value))))
-        yield module
-    finally:
-        for key, old in reversed(saved):
-            set_path(module, key, old)
+LEGACY_DECODING_KEYS = {"sampler.steps": "steps"}  # attribute paths of the first results files
+
+
+def decoding_for(module: Any, overrides: dict[str, Any]) -> Any:
+    """The module's own :class:`~lightning_diffusion.decoding.Decoding` with ``overrides`` applied by ``replace``
+    (``{"steps": 50}``, ``{"noise_beam": 3}``, ``{"search": {"class_path": ...}}``); the module is not changed.
+    An override the module cannot use is an error naming it."""
+    from lightning_diffusion.decoding import Decoding
+
+    fields = {f.name for f in dataclasses.fields(Decoding)} | {"steps"}
+    changes = {}
+    for key, value in overrides.items():
+        name = LEGACY_DECODING_KEYS.get(key, key)
+        if name not in fields:
+            raise ValueError(f"decoding override {key!r}: not a decoding setting (one of {', '.join(sorted(fields))})")
+        changes[name] = build_value(value)
+    return module.check_decoding(module.decoding.replace(**changes))
 
 
 def parameter_count(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-def is_diffusion(module: Any) -> bool:
-    return hasattr(module, "sampler") and hasattr(module, "schedule")
-
-
-def decoding_fields(module: Any) -> dict[str, Any]:
-    """Sampling steps, beams, MBR size and the settings string of a module's current decoding."""
-    fields: dict[str, Any] = {"settings": module.decoding_settings()}
-    if is_diffusion(module):
-        has_length = getattr(module, "length_predictor", None) is not None
-        fields.update(
-            sampling_steps=int(min(module.sampler.steps, module.schedule.num_steps)),
-            length_beam=int(module.length_beam) if has_length else None,
-            noise_beam=int(module.noise_beam),
-            beam_size=None,
-        )
-    else:
-        search = getattr(module, "search", None)
-        fields.update(
-            sampling_steps=None,
-            length_beam=None,
-            noise_beam=None,
-            beam_size=int(getattr(search, "beam_size", 1)) if search is not None else None,
-        )
-    return fields
+def decoding_fields(module: Any, decoding: Any) -> dict[str, Any]:
+    """Sampling steps, beams, MBR size and the settings string of a decoding of ``module``."""
+    has_length = getattr(module, "length_predictor", None) is not None
+    diffusion = decoding.sampler is not None
+    return {
+        "settings": module.decoding_settings(decoding),
+        "sampling_steps": decoding.nfe if diffusion else None,
+        "length_beam": decoding.length_beam if diffusion and has_length else None,
+        "noise_beam": decoding.noise_beam if diffusion else None,
+        "beam_size": None if diffusion else int(decoding.search.beam_size),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -374,46 +358,46 @@ class Decoded:
         }
 
 
-def decode_batches(module: Any, batches: Sequence[Any] | Any, seed: int = 0) -> Decoded:
-    """Decode every batch with ``module.generate`` (eval mode, no grad, per-batch seeds as in validation)."""
-    import torch
+def decode_batches(module: Any, batches: Sequence[Any] | Any, seed: int = 0, decoding: Any = None) -> Decoded:
+    """Decode every batch with :func:`~lightning_diffusion.decoding.decode_batch` (the path of validation and
+    predict: per-batch seeds, empty sources left out) in eval mode; timed."""
+    from lightning_diffusion.decoding import decode_batch
 
     module.eval()
     rows: dict[int, dict[str, Any]] = {}
     nfe: list[int] = []
     candidates = 1
     seconds = cpu = 0.0
-    with torch.no_grad():
-        for batch in batches:
-            generator = torch.Generator().manual_seed(seed + int(batch.index[0]))
-            start, start_cpu = time.perf_counter(), time.process_time()
-            out = module.generate(batch.src_ids, batch.src_mask, generator)
-            seconds += time.perf_counter() - start
-            cpu += time.process_time() - start_cpu
+    for batch in batches:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out = decode_batch(module, batch, decoding, seed)
+        seconds += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+        if out.nfe is not None:
             nfe.append(int(out.nfe))
             candidates = int(out.candidates)
-            for i, hyp in enumerate(out.texts):
-                row = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hyp}
-                if batch.tgt_text is not None:
-                    row["reference"] = batch.tgt_text[i]
-                rows[row["index"]] = row
+        for row in out.rows:
+            rows[row["index"]] = row
     return Decoded(
         rows=[rows[i] for i in sorted(rows)], seconds=seconds, nfe=nfe, candidates=candidates, cpu_seconds=cpu
     )
 
 
 def score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """sacreBLEU (score + signature) and ROUGE-1/2/L F1 (x100, stemmed) against the single references."""
-    from lightning_diffusion.metrics import corpus_bleu, rouge
+    """sacreBLEU (score + signature), ROUGE-1/2/L F1 (x100, stemmed) against the single references, and the output
+    health counts (empty hypotheses, U+FFFD, repeated words), from :func:`lightning_diffusion.evaluation.evaluate`."""
+    from lightning_diffusion.evaluation import evaluate
 
-    hyps = [row["hypothesis"] for row in rows]
-    refs = [row["reference"] for row in rows]
-    bleu = corpus_bleu(hyps, refs)
-    scores = rouge(hyps, refs, keys=("rouge1", "rouge2", "rougeL"))
+    report = evaluate(rows, settings="", samples=0)
     return {
-        "bleu": round(bleu.score, 2),
-        "bleu_signature": bleu.signature,
-        **{key: round(value, 2) for key, value in scores.items()},
+        "bleu": round(report.bleu, 2),
+        "bleu_signature": report.signature,
+        "rouge1": round(report.rouge1, 2),
+        "rouge2": round(report.rouge2, 2),
+        "rougeL": round(report.rougeL, 2),
+        "empty_hypotheses": report.empty,
+        "replacement_char_hypotheses": report.replacement_chars,
+        "repeated_word_hypotheses": report.repeats,
     }
 
 

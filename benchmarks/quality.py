@@ -29,8 +29,8 @@ from benchmarks.common import (
     build_datamodule,
     checkpoint_step,
     decode_batches,
-    decoding,
     decoding_fields,
+    decoding_for,
     envelope,
     format_max_time,
     load_module,
@@ -307,12 +307,10 @@ def evaluate(system: System, task: Task, run_root: Path, opts: Any, say: Progres
     }
     primary_rows: list[dict[str, Any]] = []
     for i, (name, overrides) in enumerate(system.decodings.items()):
-        with decoding(module, overrides):
-            fields = decoding_fields(module)
-            say(
-                f"{task.name}/{system.name}: decoding {len(dm.datasets['test'])} test examples ({name}: {fields['settings']})"
-            )
-            decoded = decode_batches(module, batches, opts.seed)
+        chosen = decoding_for(module, overrides)
+        fields = decoding_fields(module, chosen)
+        say(f"{task.name}/{system.name}: decoding {len(dm.datasets['test'])} test examples ({name}: {fields['settings']})")
+        decoded = decode_batches(module, batches, opts.seed, chosen)
         scores = score(decoded.rows)
         hyp_path = write_rows(run_root / f"hypotheses_{name}.jsonl", decoded.rows)
         summary = decoded.summary()
@@ -366,8 +364,7 @@ def curve(
             batches = list(dm.test_dataloader())
         module = load_module(run, path)
         attach(module, dm)
-        with decoding(module, primary):
-            decoded = decode_batches(module, batches, opts.seed)
+        decoded = decode_batches(module, batches, opts.seed, decoding_for(module, primary))
         points.append(
             {
                 "step": snap["step"],

@@ -20,8 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import torch
-
 from benchmarks import quality
 from benchmarks.common import (
     DEFAULT_RESULTS,
@@ -31,10 +29,9 @@ from benchmarks.common import (
     build_datamodule,
     checkpoint_step,
     decode_batches,
-    decoding,
     decoding_fields,
+    decoding_for,
     envelope,
-    is_diffusion,
     load_module,
     parameter_count,
     rel,
@@ -42,6 +39,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.systems import TASKS, System, data_root_default, load_systems, select
+from lightning_diffusion.decoding import decode_batch
 
 
 def ints(value: str) -> list[int]:
@@ -50,9 +48,9 @@ def ints(value: str) -> list[int]:
 
 def variants(system: System, module: Any, steps: list[int]) -> list[tuple[str, dict[str, Any]]]:
     """Decodings to time: a diffusion model's primary decoding at each step count; otherwise each decoding."""
-    if is_diffusion(module):
+    if module.decoding.sampler is not None:
         primary = next(iter(system.decodings.values()))
-        return [(f"{k} steps", {**primary, "sampler.steps": k}) for k in steps]
+        return [(f"{k} steps", {**primary, "steps": k}) for k in steps]
     return list(system.decodings.items())
 
 
@@ -63,25 +61,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def time_decoding(
-    module: Any, dm: Any, examples: list[Any], batch_size: int, sentences: int, seed: int
+    module: Any, dm: Any, examples: list[Any], batch_size: int, sentences: int, seed: int, decoding: Any = None
 ) -> dict[str, Any]:
     """Decode ``ceil(sentences / batch_size)`` batches of ``batch_size`` test sources (cycled when the test set
-    is smaller); one single-sentence warm-up decode first."""
+    is smaller) with :func:`~lightning_diffusion.decoding.decode_batch`; one single-sentence warm-up decode first."""
     n_batches = max(1, math.ceil(sentences / batch_size))
     needed = n_batches * batch_size
     chosen = [examples[i % len(examples)] for i in range(needed)]
     batches = [dm.collate(chosen[i : i + batch_size]) for i in range(0, needed, batch_size)]
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        module.generate(dm.collate(chosen[:1]).src_ids, dm.collate(chosen[:1]).src_mask, generator)
-        latencies, nfe, candidates = [], [], 1
-        for batch in batches:
-            generator = torch.Generator().manual_seed(seed)
-            start = time.perf_counter()
-            out = module.generate(batch.src_ids, batch.src_mask, generator)
-            latencies.append(time.perf_counter() - start)
-            nfe.append(out.nfe)
-            candidates = out.candidates
+    module.eval()
+    decode_batch(module, dm.collate(chosen[:1]), decoding, seed)
+    latencies, nfe, candidates = [], [], 1
+    for batch in batches:
+        start = time.perf_counter()
+        out = decode_batch(module, batch, decoding, seed)
+        latencies.append(time.perf_counter() - start)
+        nfe.append(out.nfe or 0)
+        candidates = out.candidates
     total = sum(latencies)
     return {
         "batch_size": batch_size,
@@ -150,23 +146,23 @@ def measure_system(system: System, opts: Any, say: Progress) -> dict[str, Any]:
     )
     chosen = variants(system, module, opts.steps)
     for name, overrides in chosen:
-        with decoding(module, overrides):
-            fields = decoding_fields(module)
-            for b in opts.batch_sizes:
-                row = time_decoding(module, dm, examples, b, opts.speed_sentences, opts.seed)
-                entry["speed"].append({"decoding": name, "overrides": overrides, **fields, **row})
-                say(
-                    f"{system.name} [{name}] batch {b}: {row['sentences_per_second']} sentences/s, "
-                    f"median latency {row['latency_ms_median']} ms/batch"
-                )
+        chosen_decoding = decoding_for(module, overrides)
+        fields = decoding_fields(module, chosen_decoding)
+        for b in opts.batch_sizes:
+            row = time_decoding(module, dm, examples, b, opts.speed_sentences, opts.seed, chosen_decoding)
+            entry["speed"].append({"decoding": name, "overrides": overrides, **fields, **row})
+            say(
+                f"{system.name} [{name}] batch {b}: {row['sentences_per_second']} sentences/s, "
+                f"median latency {row['latency_ms_median']} ms/batch"
+            )
     if opts.bleu_examples > 0:
         dm_bleu = build_datamodule(run, test_file, opts.bleu_examples)
         attach(module, dm_bleu)
         batches = list(dm_bleu.test_dataloader())
         for name, overrides in chosen:
-            with decoding(module, overrides):
-                fields = decoding_fields(module)
-                decoded = decode_batches(module, batches, opts.seed)
+            chosen_decoding = decoding_for(module, overrides)
+            fields = decoding_fields(module, chosen_decoding)
+            decoded = decode_batches(module, batches, opts.seed, chosen_decoding)
             scores = score(decoded.rows)
             entry["bleu_vs_steps"].append(
                 {"decoding": name, "overrides": overrides, **fields, **decoded.summary(), **scores}

@@ -1,5 +1,5 @@
 """Callbacks: a prediction writer (JSONL, input order), a validation-score history, decoded validation samples
-logged as text, a progress bar over the diffusion steps, adaptive-schedule refits and EMA."""
+logged as text, a progress bar over the diffusion steps and EMA."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_diffusion.data.jsonl import jsonl_line
+from lightning_diffusion.evaluation import EvaluationReport
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -60,12 +61,14 @@ class ValidationHistory(Callback):
     whether it learned (first score against last)."""
 
     def __init__(self) -> None:
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # EvaluationReport.as_dict(samples=False) per validation
+        self._last: EvaluationReport | None = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         report = getattr(pl_module, "last_report", None)
-        if report and report.get("stage") == "val" and (not self.history or self.history[-1] is not report):
-            self.history.append(report)
+        if isinstance(report, EvaluationReport) and report.stage == "val" and report is not self._last:
+            self._last = report
+            self.history.append(report.as_dict(samples=False))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.history:
@@ -80,7 +83,7 @@ class ValidationHistory(Callback):
         rank_zero_info("\n".join(lines))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [{k: v for k, v in r.items() if k != "samples"} for r in self.history]}
+        return {"history": list(self.history)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
@@ -101,7 +104,7 @@ class SampleTextLogger(Callback):
     ``<log_dir>/samples.csv`` (columns ``step, index, source, hypothesis, reference``), and to any other logger
     that has ``log_text`` (e.g. Weights & Biases). Rank zero only; the sanity check is skipped.
 
-    The samples are the module's ``last_report["samples"]``: the first ``log_samples`` validation sentences, so
+    The samples are the module's ``last_report.samples`` (an :class:`EvaluationReport`): the first ``log_samples`` validation sentences, so
     at most ``min(num_samples, model.log_samples)`` are logged.
 
     Args:
@@ -116,21 +119,22 @@ class SampleTextLogger(Callback):
         self.num_samples = num_samples
         self.tag = tag
         self.csv_name = csv_name
-        self._logged: dict[str, Any] | None = None
+        self._logged: EvaluationReport | None = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         report = getattr(pl_module, "last_report", None)
-        if trainer.sanity_checking or not report or report.get("stage") != "val" or report is self._logged:
+        if trainer.sanity_checking or not isinstance(report, EvaluationReport) or report.stage != "val":
+            return
+        if report is self._logged:
             return  # a stale report (validation without decoding) is not logged twice
         self._logged = report
-        rows = list(report.get("samples") or [])[: self.num_samples]
+        rows = list(report.samples)[: self.num_samples]
         if not rows or not trainer.is_global_zero:
             return
-        step = int(report.get("step", trainer.global_step))
         for logger in trainer.loggers:
-            self.log_samples(logger, step, rows, report)
+            self.log_samples(logger, report.step, rows, report)
 
-    def log_samples(self, logger: Logger, step: int, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    def log_samples(self, logger: Logger, step: int, rows: list[dict[str, Any]], report: EvaluationReport) -> None:
         """Write ``rows`` to one logger (TensorBoard text, CSV file, or ``log_text``)."""
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(self.tag, self.markdown(step, rows, report), global_step=step)
@@ -152,13 +156,11 @@ class SampleTextLogger(Callback):
         return [[step, *(row.get(key, "") for key in SAMPLE_COLUMNS[1:])] for row in rows]
 
     @staticmethod
-    def markdown(step: int, rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
-        """A Markdown table of the samples, under a line with the step, BLEU and decoding settings."""
-        head = f"step {step}"
-        if isinstance(report.get("bleu"), float):
-            head += f", BLEU {report['bleu']:.2f}"
-        if report.get("settings"):
-            head += f"; decoding: {_markdown_cell(report['settings'])}"
+    def markdown(step: int, rows: list[dict[str, Any]], report: EvaluationReport) -> str:
+        """A Markdown table of the samples, under a line with the step, BLEU, output health and decoding settings."""
+        head = f"step {step}, BLEU {report.bleu:.2f} ({_markdown_cell(report.health())})"
+        if report.settings:
+            head += f"; decoding: {_markdown_cell(report.settings)}"
         lines = [head, "", "| # | source | hypothesis | reference |", "|---:|---|---|---|"]
         for row in rows:
             cells = [_markdown_cell(row.get(key, "")) for key in SAMPLE_COLUMNS[1:]]
@@ -225,50 +227,14 @@ class SamplingProgress(Callback):
 
 
 class AdaptiveScheduleRefit(Callback):
-    """Refits the model's :class:`~lightning_diffusion.schedules.AdaptiveSchedule` every ``every_n_steps``
-    optimizer steps once ``warmup_steps`` have passed (SeqDiffuSeq). The module sums the loss statistics over
-    all ranks every step (``NoiseSchedule.commit_observations``), so every rank refits the same table.
-
-    Args:
-        every_n_steps: refit interval ``K`` in optimizer steps.
-        warmup_steps: no refit before this step (the statistics keep accumulating).
-        schedule_attr: attribute of the LightningModule holding the schedule.
-    """
+    """Removed: :class:`~lightning_diffusion.schedules.AdaptiveSchedule` refits itself during training
+    (``refit_every``, ``refit_warmup``). Kept so that a recipe naming it fails with what to change."""
 
     def __init__(self, every_n_steps: int = 1000, warmup_steps: int = 1000, schedule_attr: str = "schedule") -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
-        self.warmup_steps = warmup_steps
-        self.schedule_attr = schedule_attr
-        self.refits = 0
-
-    def _schedule(self, pl_module: LightningModule) -> Any:
-        schedule = getattr(pl_module, self.schedule_attr, None)
-        if schedule is None or not hasattr(schedule, "refit"):
-            raise TypeError(
-                f"AdaptiveScheduleRefit needs pl_module.{self.schedule_attr} to be an AdaptiveSchedule, "
-                f"got {type(schedule).__name__}"
-            )
-        return schedule
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._schedule(pl_module)
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step < self.warmup_steps or step % self.every_n_steps or step == getattr(self, "_last_step", -1):
-            return
-        self._last_step = step
-        refit = self._schedule(pl_module).refit()
-        self.refits += 1
-        pl_module.log("train/schedule_refit_positions", float(refit), rank_zero_only=True)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"refits": self.refits}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.refits = int(state_dict.get("refits", 0))
+        raise ValueError(
+            "AdaptiveScheduleRefit was removed: the AdaptiveSchedule refits itself. Delete the callback and set "
+            f"model.schedule.init_args: {{refit_every: {every_n_steps}, refit_warmup: {warmup_steps}}}"
+        )
 
 
 def warmup_ema_multi_avg_fn(decay: float) -> Any:
@@ -289,7 +255,9 @@ class EMA(EMAWeightAveraging):
     (``min(decay, (1 + n) / (10 + n))``), so a 0.9999 EMA is useful after hundreds of steps, not only after
     tens of thousands. Validation, checkpoints and the final weights use the average, as in Lightning.
 
-    Buffers (noise-schedule tables, timestep-sampler history) are never averaged: they are copied.
+    Buffers (noise-schedule tables, timestep-sampler history) are never averaged: they are copied after every
+    training batch (also between updates), so validation, checkpoints and the final model use the current ones,
+    e.g. the adaptive schedule's table as refit in that batch's training step.
 
     Args:
         decay: the long-run EMA decay.
@@ -313,3 +281,11 @@ class EMA(EMAWeightAveraging):
         if warmup:
             self._kwargs.pop("avg_fn", None)
             self._kwargs["multi_avg_fn"] = warmup_ema_multi_avg_fn(decay)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._average_model is None:
+            return
+        with torch.no_grad():  # AveragedModel copies buffers only on its updates (every update_every_n_steps)
+            for average, current in zip(self._average_model.module.buffers(), pl_module.buffers(), strict=True):
+                average.copy_(current.to(average.device))

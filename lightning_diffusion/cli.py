@@ -1,7 +1,8 @@
 """The ``lightning-diffusion`` command.
 
 ``fit | validate | test | predict`` are LightningCLI subcommands over a recipe (``-c recipe.yaml``,
-``--print_config``, dotted overrides); ``export`` writes a ``save_pretrained``-style directory from a checkpoint.
+``--print_config``, dotted overrides) with ``--decoding.*`` overrides of the model's decoding settings;
+``export`` writes a ``save_pretrained``-style directory from a checkpoint; ``generate`` decodes ad-hoc text.
 Checkpoints are always read weights-only unless ``--weights_only false`` is given explicitly.
 """
 
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_diffusion.autoregressive.search import Search
 from lightning_diffusion.data import Seq2SeqDataModule
+from lightning_diffusion.decoding import DecodingError, carry_over_sampler
 from lightning_diffusion.generate import generate
 from lightning_diffusion.pretrained import (
     METADATA_FILE,
@@ -24,9 +29,59 @@ from lightning_diffusion.pretrained import (
     export_pretrained,
     load_export_weights,
 )
+from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
+DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search")
+
+COMMANDS = {
+    "fit": "train a model from a recipe (-c recipes/<family>/<dataset>.yaml); resume with --ckpt_path",
+    "validate": "decode and score the validation split with a checkpoint or an export (BLEU, ROUGE, settings)",
+    "test": "decode and score the test split with a checkpoint or an export (BLEU, ROUGE, settings)",
+    "predict": "decode an input file (data.predict_file) to <run dir>/predictions.jsonl, in input order",
+    "export": "write a checkpoint as a directory: config.yaml, model.safetensors, tokenizer/, export.json",
+    "generate": "translate or summarize text given as arguments or on stdin, one hypothesis per line",
+}
+
+
+def usage() -> str:
+    """The top-level help: every command with one line, and where to read more."""
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: lightning-diffusion COMMAND [options]",
+        "",
+        "Sequence-to-sequence diffusion models (DiffuSeq, SeqDiffuSeq, Difformer-style) and an autoregressive",
+        "baseline, trained and evaluated from recipe YAMLs.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "Each command has its own help: lightning-diffusion COMMAND --help",
+        "Decoding settings of validate/test/predict/fit: --decoding.steps, --decoding.sampler, --decoding.length_beam,",
+        "--decoding.noise_beam (diffusion), --decoding.search (autoregressive); they apply on top of a checkpoint's.",
+    ]
+    return "\n".join(lines)
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys of a nested config with the ``init_args`` levels left out (``sampler.steps``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else str(key)
+            yield from _flatten(item, name)
+    else:
+        yield prefix, value
+
+
+def _model_flags(argv: list[str]) -> list[str]:
+    """The ``--model.*`` options given on a command line, as dotted keys without ``init_args`` (``sampler.steps``)."""
+    flags = []
+    for arg in argv:
+        if arg.startswith("--model."):
+            key = arg[len("--model.") :].split("=", 1)[0]
+            flags.append(".".join(part for part in key.split(".") if part != "init_args"))
+    return flags
 
 
 class LightningDiffusionCLI(LightningCLI):
@@ -40,6 +95,58 @@ class LightningDiffusionCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        what = "on top of the model's own decoding settings (a checkpoint's or an export's included)"
+        parser.add_argument("--decoding.steps", type=int | None, default=None, help=f"sampling steps (NFE per candidate), {what}")
+        parser.add_argument("--decoding.sampler", type=Sampler | None, default=None, help=f"sampler class and options, {what}; options left at their defaults keep the model's sampler's values")
+        parser.add_argument("--decoding.length_beam", type=int | None, default=None, help=f"lengths tried per source, {what}")
+        parser.add_argument("--decoding.noise_beam", type=int | None, default=None, help=f"noise samples per length, {what}")
+        parser.add_argument("--decoding.search", type=Search | None, default=None, help=f"autoregressive search (GreedySearch, BeamSearch), {what}")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._argv = list(args) if isinstance(args, (list, tuple)) else list(sys.argv[1:]) if args is None else []
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's re-application of a checkpoint's hyperparameters, but a ``--model.*`` option it would
+        silently replace is an error pointing at ``--decoding.*`` (decoding) or the checkpoint (architecture)."""
+        subcommand = self.config.get("subcommand")
+        before = self.config[subcommand].get("model") if subcommand else None
+        before = dict(_flatten(before.as_dict())) if before is not None and hasattr(before, "as_dict") else {}
+        super()._parse_ckpt_path()
+        flags = _model_flags(getattr(self, "_argv", []))
+        if not subcommand or not flags:
+            return
+        after = self.config[subcommand].get("model")
+        after = dict(_flatten(after.as_dict())) if after is not None and hasattr(after, "as_dict") else {}
+        changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+        ignored = [f for f in flags if any(key == f or key.startswith(f + ".") for key in changed)]
+        if ignored:
+            names = ", ".join(f"--model.{flag}" for flag in ignored)
+            raise DecodingError(
+                f"{names}: replaced by the hyperparameters stored in {self.config[subcommand].get('ckpt_path')} (the "
+                "model is rebuilt as it was trained). Change decoding with --decoding.steps, --decoding.sampler, "
+                "--decoding.length_beam, --decoding.noise_beam or --decoding.search instead"
+            )
+
+    def _apply_decoding(self) -> None:
+        """``--decoding.*`` on top of the model's decoding (after any checkpoint hyperparameters were applied)."""
+        given = self.config_init[self.subcommand].get("decoding")
+        changes = {name: given.get(name) for name in DECODING_FLAGS if given is not None and given.get(name) is not None}
+        if not changes:
+            return
+        model = self.model
+        current = model.decoding
+        if "sampler" in changes and current.sampler is not None:
+            steps = changes.pop("steps", None)
+            sampler, carried, dropped = carry_over_sampler(current.sampler, changes["sampler"])
+            changes["sampler"] = sampler
+            if steps is not None:
+                changes["steps"] = steps
+            for label, options in (("keeps", carried), ("drops", dropped)):
+                if options:
+                    listed = ", ".join(f"{k}={v!r}" for k, v in options.items())
+                    print(f"note: --decoding.sampler {label} {listed} of the model's {type(current.sampler).__name__}", file=sys.stderr)
+        model.decoding = model.check_decoding(current.replace(**changes))
 
     def _export_dir(self) -> Path | None:
         if self.subcommand is None:  # run=False: no subcommand, no checkpoint
@@ -75,7 +182,11 @@ class LightningDiffusionCLI(LightningCLI):
             self.datamodule.load_state_dict({"tokenizer_fingerprint": metadata.get("tokenizer_fingerprint")})
         config["ckpt_path"] = None
 
-    before_fit = before_validate = before_test = before_predict = _prepare_checkpoint
+    def _before_command(self) -> None:
+        self._prepare_checkpoint()
+        self._apply_decoding()
+
+    before_fit = before_validate = before_test = before_predict = _before_command
 
 
 def export(ckpt_path: str, output_dir: str, tokenizer: str | None = None) -> None:
@@ -101,6 +212,9 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
     calls ``sys.exit(main())``, which would print any other object and exit with status 1.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return None
     if argv and argv[0] in TOOLS:
         try:
             tool = TOOLS[argv[0]]
@@ -120,7 +234,7 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
             trainer_defaults={"use_distributed_sampler": False},
             args=args,
         )
-    except CheckpointError as err:
+    except (CheckpointError, DecodingError) as err:
         raise SystemExit(f"error: {err}") from None
     except pickle.UnpicklingError as err:  # Lightning's weights-only torch.load of --ckpt_path
         raise SystemExit(

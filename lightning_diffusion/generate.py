@@ -14,7 +14,6 @@ the noise (and the canvas shared by a batch) differ and hypotheses of a diffusio
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -29,10 +28,11 @@ import yaml
 
 from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
 from lightning_diffusion.data.jsonl import jsonl_line
-from lightning_diffusion.data.tokenizer import TokenizerError, special_ids
+from lightning_diffusion.data.tokenizer import TokenizerError
+from lightning_diffusion.decoding import Decoding, DecodingError, carry_over_sampler, decode_batch
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
 from lightning_diffusion.samplers.base import Sampler
-from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
+from lightning_diffusion.seq2seq import Seq2SeqModule
 
 DEFAULT_MAX_SRC_LEN = 128  # Seq2SeqDataModule's default, when the run's data settings cannot be found
 DEFAULT_BATCH_SIZE = 32
@@ -56,43 +56,64 @@ class Hypothesis:
 
 
 # ---------------------------------------------------------------------------------------------- settings
-def apply_decoding_overrides(
+def decoding_from_flags(
     module: Seq2SeqModule,
     steps: int | None = None,
     sampler: Callable[[int], Sampler] | None = None,
     length_beam: int | None = None,
     noise_beam: int | None = None,
-) -> None:
-    """Change the decoding settings of a loaded model in memory (attributes only; the sampler is replaced by a new
-    object, never changed in place). Raises :class:`GenerateError` for a flag the model has no use for."""
+) -> tuple[Decoding, list[str]]:
+    """The model's own :class:`Decoding` with the flags applied by ``replace`` (the model is not changed).
+
+    ``--sampler`` keeps the current sampler's options that the new one leaves at their defaults (``clamp``,
+    ``noise_factor``, ...) and its steps unless ``--steps`` is given.
+
+    Returns:
+        the decoding and notes for stderr (options carried over or dropped by ``--sampler``).
+
+    Raises:
+        GenerateError: a flag the model has no use for, or a bad value (the message names the flag).
+    """
     given = {"--steps": steps, "--sampler": sampler, "--length_beam": length_beam, "--noise_beam": noise_beam}
     for flag in ("--steps", "--length_beam", "--noise_beam"):
         if given[flag] is not None and given[flag] < 1:  # type: ignore[operator]
             raise GenerateError(f"{flag} must be >= 1, got {given[flag]}")
-    current = getattr(module, "sampler", None)
-    if not isinstance(current, Sampler):
-        used = [flag for flag, value in given.items() if value is not None]
+    current = module.decoding
+    used = [flag for flag, value in given.items() if value is not None]
+    if current.sampler is None:
         if used:
             raise GenerateError(
                 f"{', '.join(used)} apply to diffusion models (sampling steps, sampler, length and noise beams); "
                 f"this {type(module).__name__} has no sampler; it decodes with {module.decoding_settings()}"
             )
-        return
-    if length_beam is not None:
-        if length_beam > 1 and getattr(module, "length_predictor", None) is None:
-            raise GenerateError(
-                "--length_beam > 1 needs a model with a length predictor (Difformer-style); this model decodes "
-                "one padded canvas per source: use --noise_beam for more MBR candidates"
-            )
-        module.length_beam = length_beam  # type: ignore[assignment]
-    if noise_beam is not None:
-        module.noise_beam = noise_beam  # type: ignore[assignment]
+        return current, []
+    notes: list[str] = []
+    changes: dict[str, Any] = {}
     if sampler is not None:
-        module.sampler = sampler(steps if steps is not None else current.steps)  # type: ignore[assignment]
+        chosen, carried, dropped = carry_over_sampler(current.sampler, sampler(steps or current.sampler.steps))
+        changes["sampler"] = chosen
+        name, old = type(chosen).__name__, type(current.sampler).__name__
+        if carried:
+            notes.append(f"--sampler {name} keeps {_options(carried)} from the model's {old}")
+        if dropped:
+            notes.append(f"--sampler {name} drops {_options(dropped)} of the model's {old} ({name} has no such option)")
     elif steps is not None:
-        replaced = copy.copy(current)
-        replaced.steps = steps
-        module.sampler = replaced  # type: ignore[assignment]
+        changes["steps"] = steps
+    if length_beam is not None:
+        changes["length_beam"] = length_beam
+    if noise_beam is not None:
+        changes["noise_beam"] = noise_beam
+    try:
+        return module.check_decoding(current.replace(**changes)), notes
+    except DecodingError as err:
+        message = str(err).removeprefix("decoding: ")
+        for flag in ("length_beam", "noise_beam", "steps"):
+            message = message.replace(f"{flag} ", f"--{flag} ", 1) if message.startswith(flag) else message
+        raise GenerateError(message) from None
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in options.items())
 
 
 def trained_max_src_len(path: str | Path) -> int:
@@ -168,9 +189,12 @@ def generate_batches(
     seed: int = 0,
     max_src_len: int = DEFAULT_MAX_SRC_LEN,
     progress: Literal["auto", "always", "never"] = "never",
+    decoding: Decoding | None = None,
 ) -> Iterator[list[Hypothesis]]:
-    """Decode ``sources`` ``batch_size`` lines at a time, yielding each batch's hypotheses in input order as soon as
-    it is decoded. Empty (whitespace-only) lines are not decoded and give an empty hypothesis.
+    """Decode ``sources`` ``batch_size`` lines at a time with ``decoding`` (default: the model's own), yielding
+    each batch's hypotheses in input order as soon as it is decoded, through
+    :func:`~lightning_diffusion.decoding.decode_batch` (the path of validation and predict). Empty
+    (whitespace-only) lines are not decoded and give an empty hypothesis.
 
     Batch ``k`` is seeded with ``seed + index of its first line`` (see the module docstring for what that guarantees).
     """
@@ -178,47 +202,32 @@ def generate_batches(
         raise GenerateError(f"--batch_size must be >= 1, got {batch_size}")
     if max_src_len < 1:
         raise GenerateError(f"--max_src_len must be >= 1, got {max_src_len}")
+    decoding = module.check_decoding(decoding if decoding is not None else module.decoding)
     tokenizer = module.tokenizer
-    ids = special_ids(tokenizer)
-    stepwise = module.reports_sampling_steps
+    ids = module.special_ids
     show = progress == "always" or (progress == "auto" and _isatty(sys.stderr))
     delay = PROGRESS_DELAY_S if progress == "auto" else 0.0
     lines = iter(sources)
     start = 0
     while chunk := list(islice(lines, batch_size)):
-        indices = range(start, start + len(chunk))
-        out = [
-            Hypothesis(index=i, source=text, hypothesis="") for i, text in zip(indices, chunk, strict=True)
+        encoded = tokenizer(chunk, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        examples = [
+            TokenizedExample(index=start + i, src_ids=list(tokens[:max_src_len]), tgt_ids=None, src_text=text, tgt_text=None)
+            for i, (text, tokens) in enumerate(zip(chunk, encoded, strict=True))
         ]
-        todo = [h for h in out if h.source.strip()]
-        if todo:
-            encoded = tokenizer(
-                [h.source for h in todo], add_special_tokens=False, split_special_tokens=True
-            )["input_ids"]
-            examples = [
-                TokenizedExample(
-                    index=h.index,
-                    src_ids=list(tokens[:max_src_len]),
-                    tgt_ids=None,
-                    src_text=h.source,
-                    tgt_text=None,
-                )
-                for h, tokens in zip(todo, encoded, strict=True)
-            ]
-            batch = collate_examples(examples, pad_id=ids.pad, eos_id=ids.eos)
-            generator = torch.Generator(device=module.device).manual_seed(seed + start)
-            bar = _StepBar(show and stepwise, delay, f"sampling batch {start // batch_size + 1}")
-            kwargs: dict[str, Any] = {"on_step": bar} if stepwise else {}
-            try:
-                with torch.no_grad():
-                    result: Generation = module.generate(
-                        batch.src_ids.to(module.device), batch.src_mask.to(module.device), generator, **kwargs
-                    )
-            finally:
-                bar.close()
-            for h, tokens, text in zip(todo, encoded, result.texts, strict=True):
-                h.hypothesis, h.nfe, h.candidates = text, result.nfe, result.candidates
-                h.truncated = len(tokens) > max_src_len
+        batch = collate_examples(examples, pad_id=ids.pad, eos_id=ids.eos)
+        bar = _StepBar(show and decoding.reports_steps, delay, f"sampling batch {start // batch_size + 1}")
+        try:
+            decoded = decode_batch(module, batch, decoding, seed, bar if decoding.reports_steps else None)
+        finally:
+            bar.close()
+        out = []
+        for row, tokens in zip(decoded.rows, encoded, strict=True):
+            hyp = Hypothesis(index=row["index"], source=row["source"], hypothesis=row["hypothesis"])
+            if row["source"].strip() and tokens:
+                hyp.nfe, hyp.candidates = decoded.nfe or 0, decoded.candidates
+                hyp.truncated = len(tokens) > max_src_len
+            out.append(hyp)
         yield out
         start += len(chunk)
 
@@ -332,12 +341,14 @@ def _run(
     if not Path(model).exists():
         raise CheckpointError(f"{model}: no such export directory or checkpoint file")
     module = load_pretrained(model, tokenizer, map_location=resolved)
-    apply_decoding_overrides(module, steps, sampler, length_beam, noise_beam)
+    decoding, notes = decoding_from_flags(module, steps, sampler, length_beam, noise_beam)
     seed = module.decode_seed if seed is None else seed
     max_src_len = trained_max_src_len(model) if max_src_len is None else max_src_len
     step_note = f", trained {module.checkpoint_step} steps" if module.checkpoint_step is not None else ""
     _stderr(f"model: {model} ({type(module).__name__}{step_note}) on {resolved}")
-    _stderr(f"decoding: {module.decoding_settings()}")
+    for note in notes:
+        _stderr(f"note: {note}")
+    _stderr(f"decoding: {module.decoding_settings(decoding)}")
     if batch_size is None:
         interactive = (not text or "-" in text) and _isatty(sys.stdin)
         batch_size = 1 if interactive else DEFAULT_BATCH_SIZE
@@ -355,14 +366,12 @@ def _run(
     nfe_shown = False
     began = time.perf_counter()
     try:
-        batches = generate_batches(module, read_sources(text, stdin), batch_size, seed, max_src_len, progress)
+        batches = generate_batches(module, read_sources(text, stdin), batch_size, seed, max_src_len, progress, decoding)
         for rows in batches:
             first = next((row for row in rows if row.candidates), None)
             if first is not None and not nfe_shown:  # once, before the first hypotheses
                 nfe_shown = True
-                varies = (
-                    "" if isinstance(getattr(module, "sampler", None), Sampler) else " (first batch; varies)"
-                )
+                varies = "" if decoding.reports_steps else " (first batch; varies)"
                 _stderr(
                     f"NFE: {first.nfe} network evaluations per candidate x {first.candidates} candidates = "
                     f"{first.nfe * first.candidates} per sentence{varies}"
@@ -442,7 +451,7 @@ generate.prepare_args = expand_positional_texts  # type: ignore[attr-defined]
 __all__ = [
     "GenerateError",
     "Hypothesis",
-    "apply_decoding_overrides",
+    "decoding_from_flags",
     "expand_positional_texts",
     "generate",
     "generate_batches",

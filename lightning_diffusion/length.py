@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_diffusion.arguments import check_at_least
 from lightning_diffusion.types import Conditioning
-from lightning_diffusion.validation import check_at_least
 
 
 class LengthPredictor(nn.Module):

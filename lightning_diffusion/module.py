@@ -16,21 +16,25 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_diffusion.arguments import check_at_least, check_positive_finite
+from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
 from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.samplers.ddim import DDIMSampler
-from lightning_diffusion.samplers.mbr import mbr_select
 from lightning_diffusion.schedules.base import NoiseSchedule
+from lightning_diffusion.selection import CandidateSelection, MBRSelection
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.timesteps import TimestepSampler, UniformTimestepSampler
 from lightning_diffusion.types import LossInputs, Seq2SeqBatch
-from lightning_diffusion.validation import check_at_least, check_positive_finite
 
 log = logging.getLogger("lightning_diffusion")
 
-_INJECTED = ["denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "optimizer", "lr_scheduler"]
+_INJECTED = [
+    "denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "selection", "optimizer",
+    "lr_scheduler",
+]  # fmt: skip
 
 
 class DiffusionLM(Seq2SeqModule):
@@ -42,6 +46,8 @@ class DiffusionLM(Seq2SeqModule):
         schedule: the :class:`NoiseSchedule` (e.g. ``SqrtSchedule(num_steps=2000)``).
         loss_terms: weighted loss terms; default ``[X0MSE, RoundingNLL, PriorLoss]`` (DiffuSeq's objective).
         sampler: decoding rule and steps; default ``DDIMSampler(steps=20)``.
+            ``sampler``, ``length_beam``, ``noise_beam`` and ``selection`` make the model's default
+            :class:`~lightning_diffusion.decoding.Decoding` (``self.decoding``); pass another to ``generate``.
         timestep_sampler: factory called with ``T`` (uniform or loss-aware).
         optimizer: factory called with the parameters (LightningCLI's ``OptimizerCallable``).
         lr_scheduler: optional factory called with the optimizer; stepped every optimizer step.
@@ -54,8 +60,10 @@ class DiffusionLM(Seq2SeqModule):
             loss, and decoding tries the ``length_beam`` most likely lengths. Without one (DiffuSeq), every
             target is a canvas whose tail is padding that the model learns to produce.
         length_beam: lengths tried per source (needs ``length_predictor``).
-        noise_beam: noise samples decoded per length; MBR (sentence-BLEU consensus among the candidates,
-            never against the reference) picks one of ``length_beam * noise_beam`` per source.
+        noise_beam: noise samples decoded per length; ``selection`` picks one of ``length_beam * noise_beam``
+            per source.
+        selection: the candidate selection rule; default MBR (sentence-BLEU consensus among the candidates,
+            never against the reference).
         length_ratio, length_offset, max_length: without a length predictor the decoding canvas for a batch is
             ``min(max_length, ceil(length_ratio * longest source) + length_offset)`` positions, and training
             canvases are at least this long; ``max_length`` also caps predicted lengths.
@@ -82,6 +90,7 @@ class DiffusionLM(Seq2SeqModule):
         length_ratio: float = 1.5,
         length_offset: int = 4,
         max_length: int = 128,
+        selection: CandidateSelection | None = None,
         log_samples: int = 3,
         decode_seed: int = 0,
         decode_during_validation: bool = True,
@@ -92,8 +101,6 @@ class DiffusionLM(Seq2SeqModule):
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
         check_at_least("DiffusionLM", 1, max_length=max_length)
         check_positive_finite("DiffusionLM", train_noise_factor=train_noise_factor, length_ratio=length_ratio)
-        if noise_beam < 1 or length_beam < 1:
-            raise ValueError(f"noise_beam and length_beam must be >= 1, got {noise_beam} and {length_beam}")
         self.denoiser = denoiser(vocab_size)
         if self_condition_prob > 0 and not self.denoiser.self_conditioning:
             raise ValueError("self_condition_prob > 0 needs a denoiser built with self_conditioning: true")
@@ -108,14 +115,17 @@ class DiffusionLM(Seq2SeqModule):
             raise ValueError(f"loss terms {needs_length} need a length_predictor; configure one or drop them")
         if self.length_predictor is not None and not needs_length:
             raise ValueError("a length_predictor is configured but no loss term trains it: add LengthNLL to loss_terms")
-        if length_beam > 1 and self.length_predictor is None:
-            raise ValueError("length_beam > 1 needs a length_predictor")
-        self.sampler = sampler if sampler is not None else DDIMSampler(steps=20)
+        self.decoding = self.check_decoding(
+            Decoding(
+                sampler=sampler if sampler is not None else DDIMSampler(steps=20),
+                length_beam=length_beam,
+                noise_beam=noise_beam,
+                selection=selection if selection is not None else MBRSelection(),
+            )
+        )
         self.timestep_sampler = timestep_sampler(schedule.num_steps)
         self.train_noise_factor = train_noise_factor
         self.self_condition_prob = self_condition_prob
-        self.length_beam = length_beam
-        self.noise_beam = noise_beam
         self.length_ratio = length_ratio
         self.length_offset = length_offset
         self.max_length = max_length
@@ -123,6 +133,33 @@ class DiffusionLM(Seq2SeqModule):
     @property
     def vocab_size(self) -> int:
         return self.denoiser.vocab_size
+
+    @property
+    def sampler(self) -> Sampler:
+        """The default decoding's sampler (read-only: pass another ``Decoding`` to change it)."""
+        assert self.decoding.sampler is not None
+        return self.decoding.sampler
+
+    @property
+    def length_beam(self) -> int:
+        return self.decoding.length_beam
+
+    @property
+    def noise_beam(self) -> int:
+        return self.decoding.noise_beam
+
+    def check_decoding(self, decoding: Decoding) -> Decoding:
+        if decoding.sampler is None:
+            raise DecodingError(
+                f"decoding: {type(self).__name__} samples a diffusion chain and needs a sampler, got "
+                f"{decoding.search.describe() if decoding.search is not None else 'none'}"
+            )
+        if decoding.length_beam > 1 and self.length_predictor is None:
+            raise DecodingError(
+                f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor (Difformer-style); "
+                "this model decodes one padded canvas per source: use noise_beam for more candidates"
+            )
+        return decoding.replace(num_steps=self.schedule.num_steps)
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, terms, _, _ = self.compute_losses(batch)
@@ -136,7 +173,7 @@ class DiffusionLM(Seq2SeqModule):
 
     def _pad_canvas(self, batch: Seq2SeqBatch) -> Tensor:
         assert batch.tgt_ids is not None
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+        pad_id = self.special_ids.pad
         length = max(batch.tgt_ids.shape[1], self.canvas_length(batch.src_mask))
         return F.pad(batch.tgt_ids, (0, length - batch.tgt_ids.shape[1]), value=pad_id)
 
@@ -218,43 +255,42 @@ class DiffusionLM(Seq2SeqModule):
         src_mask: Tensor,
         generator: torch.Generator | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        decoding: Decoding | None = None,
     ) -> Generation:
-        """Decode ``B`` sources ``[B, S]``.
+        """Decode ``B`` sources ``[B, S]`` with ``decoding`` (default: ``self.decoding``).
 
         The source is encoded once for the whole sampling loop. Each source gets ``length_beam`` lengths
-        (from the length predictor) x ``noise_beam`` noise samples, all decoded as one batch; MBR picks one
-        candidate per source.
+        (from the length predictor) x ``noise_beam`` noise samples, all decoded as one batch; the decoding's
+        selection (MBR by default) picks one candidate per source. Positions past a candidate's predicted length
+        hold the end token, so the hypothesis is cut there.
         """
+        decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
+        assert decoding.sampler is not None
         cond = self.denoiser.encode(src_ids, src_mask)
-        per_source = self.noise_beam
+        per_source = decoding.noise_beam
         tgt_mask = None
-        lengths: Tensor | None = None
         if self.length_predictor is not None:
-            top = self.length_predictor.top_lengths(self.length_predictor(cond), src_mask.sum(-1), self.length_beam, self.max_length)
-            per_source = top.shape[1] * self.noise_beam
-            lengths = top.repeat_interleave(self.noise_beam, dim=1).reshape(-1)  # [B * per_source]
+            top = self.length_predictor.top_lengths(
+                self.length_predictor(cond), src_mask.sum(-1), decoding.length_beam, self.max_length
+            )
+            per_source = top.shape[1] * decoding.noise_beam
+            lengths = top.repeat_interleave(decoding.noise_beam, dim=1).reshape(-1)  # [B * per_source]
             canvas = int(lengths.max())
             tgt_mask = torch.arange(canvas, device=lengths.device)[None, :] < lengths[:, None]
         else:
             canvas = self.canvas_length(src_mask)
-        out = self.sampler.sample(
+        out = decoding.sampler.sample(
             self.denoiser, self.schedule, cond.repeat_interleave(per_source), canvas, tgt_mask, generator, on_step
         )
         token_ids = out.token_ids
         if tgt_mask is not None:
-            eos = self.tokenizer.eos_token_id if self.tokenizer is not None else 0
-            token_ids = token_ids.masked_fill(~tgt_mask, eos)
+            token_ids = token_ids.masked_fill(~tgt_mask, self.special_ids.eos)
         texts = self.decode_ids(token_ids)
         n = per_source
-        chosen = [texts[i * n + mbr_select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
+        chosen = [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
         return Generation(texts=chosen, nfe=out.nfe, candidates=n)
 
-    def decoding_settings(self) -> str:
-        """The settings every reported score comes with."""
-        beams = f"noise beam {self.noise_beam}"
-        if self.length_predictor is not None:
-            beams = f"length beam {self.length_beam} x {beams}"
-        return (
-            f"{self.sampler.describe()}, schedule {type(self.schedule).__name__}(T={self.schedule.num_steps}), "
-            f"{beams}, MBR over the candidates, NFE {min(self.sampler.steps, self.schedule.num_steps)} (candidates decoded in one batch)"
-        )
+    def decoding_settings(self, decoding: Decoding | None = None) -> str:
+        """The settings every reported score comes with: the decoding's and the schedule."""
+        described = super().decoding_settings(decoding)
+        return f"{described}, schedule {type(self.schedule).__name__}(T={self.schedule.num_steps})"

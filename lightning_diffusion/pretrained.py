@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,38 +22,15 @@ import yaml
 from jsonargparse import ArgumentParser
 from safetensors.torch import load_model, save_model
 
+from lightning_diffusion.checkpoints import CHECKPOINT_KEY, CheckpointError, read_checkpoint
 from lightning_diffusion.data.tokenizer import load_tokenizer, tokenizer_fingerprint
-from lightning_diffusion.seq2seq import CHECKPOINT_KEY, Seq2SeqModule
+from lightning_diffusion.seq2seq import Seq2SeqModule
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 METADATA_FILE = "export.json"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or export directory that cannot be loaded; the message names the file and the problem."""
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a Lightning checkpoint with ``torch.load(weights_only=True)``: only tensors and primitive
-    containers are unpickled, so a crafted file cannot execute code while loading."""
-    file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"{file}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{file}: refused to load: it holds objects other than tensors and plain containers, and "
-            f"checkpoints are loaded weights-only (nothing else is unpickled). Details: {str(err).splitlines()[0]}"
-        ) from err
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{file}: not a readable checkpoint ({err})") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{file}: not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
 
 
 def model_config(checkpoint: dict[str, Any], source: str | Path) -> dict[str, Any]:

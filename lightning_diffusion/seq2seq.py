@@ -1,16 +1,16 @@
-"""The base LightningModule of every sequence-to-sequence model: tokenizer wiring, checkpoint checks,
-optimizers, and the shared validation / test / predict loop (decode, score, report, write).
+"""The base LightningModule of every sequence-to-sequence model: tokenizer and special ids, checkpoint checks,
+optimizers, and the Lightning hooks of validation / test / predict (decode with :func:`decode_batch`, score with
+:func:`~lightning_diffusion.evaluation.evaluate`, report, write).
 
-Subclasses implement :meth:`Seq2SeqModule.evaluation_loss`, :meth:`Seq2SeqModule.generate` and
-:meth:`Seq2SeqModule.decoding_settings`, and their own ``training_step``.
+Subclasses implement :meth:`Seq2SeqModule.evaluation_loss`, :meth:`Seq2SeqModule.generate`,
+:meth:`Seq2SeqModule.check_decoding` and their own ``training_step``, and set ``self.decoding`` (their default
+:class:`~lightning_diffusion.decoding.Decoding`, from the recipe).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
-import sys
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,31 +23,13 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_diffusion.metrics import corpus_bleu, rouge
+from lightning_diffusion.checkpoints import CHECKPOINT_KEY, checkpoint_subclass
+from lightning_diffusion.data.tokenizer import SpecialIds, special_ids
+from lightning_diffusion.decoding import Decoding, decode_batch
+from lightning_diffusion.evaluation import EvaluationReport, evaluate
+from lightning_diffusion.gradient_guard import FiniteGradientGuard
+from lightning_diffusion.seeding import ReseededTraining
 from lightning_diffusion.types import Seq2SeqBatch
-
-CHECKPOINT_KEY = "lightning_diffusion"
-
-
-def step_seed(seed: int, batch_number: int, rank: int) -> int:
-    """A 63-bit seed for one training batch of one rank, hashed so nearby batches get unrelated streams."""
-    digest = hashlib.blake2b(f"{seed}:{batch_number}:{rank}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def _checkpoint_subclass(path: str | os.PathLike[str], cls: type) -> type | None:
-    """The already-imported subclass of ``cls`` named by a CLI checkpoint's ``_class_path`` (None if none)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # let Lightning's own loading report the problem
-        return None
-    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path") if isinstance(checkpoint, dict) else None
-    if not isinstance(class_path, str) or "." not in class_path:
-        return None
-    module_name, _, name = class_path.rpartition(".")
-    module = sys.modules.get(module_name)
-    target = getattr(module, name, None) if module is not None else None
-    return target if isinstance(target, type) and issubclass(target, cls) else None
 
 
 class SharedFactory:
@@ -87,8 +69,11 @@ class Generation:
         return self.nfe * self.candidates
 
 
-class Seq2SeqModule(LightningModule):
+class Seq2SeqModule(ReseededTraining, FiniteGradientGuard, LightningModule):
     """Shared machinery of the library's LightningModules.
+
+    Training randomness is reseeded per batch (:class:`~lightning_diffusion.seeding.ReseededTraining`) and
+    non-finite gradients stop the run (:class:`~lightning_diffusion.gradient_guard.FiniteGradientGuard`).
 
     Args:
         optimizer: factory called with the parameters (LightningCLI's ``OptimizerCallable``).
@@ -113,13 +98,15 @@ class Seq2SeqModule(LightningModule):
         self.decode_seed = decode_seed
         self.decode_during_validation = decode_during_validation
         self.tokenizer: Any = None
+        self.special_ids: SpecialIds = SpecialIds.library_default()
+        self.decoding: Decoding  # set by the subclass: its default decoding settings, from the recipe
         self.tokenizer_fingerprint: str | None = None
         self.checkpoint_tokenizer_fingerprint: str | None = None
         self.checkpoint_step: int | None = None
         self.train_seed: int | None = None
         self._checkpoint_train_seed: int | None = None
         self._outputs: list[dict[str, Any]] = []
-        self.last_report: dict[str, Any] = {}
+        self.last_report: EvaluationReport | None = None
 
     def save_init_arguments(self, injected: list[str], vocab_size: int) -> None:
         """Record the subclass's constructor arguments as hyperparameters and check ``vocab_size``.
@@ -158,7 +145,7 @@ class Seq2SeqModule(LightningModule):
         CLI, it builds that subclass when its module is already imported (Lightning's rule against loading
         arbitrary classes), instead of silently building the base class.
         """
-        target = _checkpoint_subclass(checkpoint_path, cls) if isinstance(checkpoint_path, (str, os.PathLike)) else None
+        target = checkpoint_subclass(checkpoint_path, cls) if isinstance(checkpoint_path, (str, os.PathLike)) else None
         if target is not None and target is not cls:
             return target.load_from_checkpoint(
                 checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs
@@ -177,12 +164,27 @@ class Seq2SeqModule(LightningModule):
         """The training objective on an evaluation batch: scalar loss and named terms (batch means)."""
 
     @abstractmethod
-    def generate(self, src_ids: Tensor, src_mask: Tensor, generator: torch.Generator | None = None) -> Generation:
-        """Decode ``B`` sources ``[B, S]`` into hypotheses."""
+    def generate(
+        self,
+        src_ids: Tensor,
+        src_mask: Tensor,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        decoding: Decoding | None = None,
+    ) -> Generation:
+        """Decode ``B`` sources ``[B, S]`` into hypotheses with ``decoding`` (default: the model's own,
+        ``self.decoding``); ``on_step(done, total)`` is called after each sampling step where decoding has steps.
+        Prefer :func:`~lightning_diffusion.decoding.decode_batch`, which also seeds and handles empty sources."""
 
     @abstractmethod
-    def decoding_settings(self) -> str:
-        """The decoding settings in words, printed next to every score."""
+    def check_decoding(self, decoding: Decoding) -> Decoding:
+        """``decoding`` checked against this model (raises
+        :class:`~lightning_diffusion.decoding.DecodingError` naming a setting that cannot apply) and completed
+        with what the model fixes (e.g. the schedule's chain length)."""
+
+    def decoding_settings(self, decoding: Decoding | None = None) -> str:
+        """The decoding settings in words, printed next to every score (default: the model's own)."""
+        return self.check_decoding(decoding if decoding is not None else self.decoding).describe()
 
     # ------------------------------------------------------------------ wiring
     def setup(self, stage: str) -> None:
@@ -190,6 +192,9 @@ class Seq2SeqModule(LightningModule):
         if datamodule is None or not hasattr(datamodule, "tokenizer"):
             return
         self.attach_tokenizer(datamodule.tokenizer, datamodule.tokenizer_fingerprint)
+        if callable(getattr(datamodule, "set_candidates_per_source", None)):
+            # Evaluation batches are sized by tokens decoded: each source becomes this many candidates.
+            datamodule.set_candidates_per_source(self.decoding.candidates)
         if stage == "fit":
             log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
             if self.trainer.is_global_zero and log_dir:
@@ -202,6 +207,7 @@ class Seq2SeqModule(LightningModule):
                 f"tokenizer has {len(tokenizer)} tokens but the denoiser was built for {self.vocab_size}"
             )
         self.tokenizer = tokenizer
+        self.special_ids = special_ids(tokenizer)
         self.tokenizer_fingerprint = fingerprint
         self._check_tokenizer()
 
@@ -223,43 +229,6 @@ class Seq2SeqModule(LightningModule):
         self._checkpoint_train_seed = stored.get("train_seed")
         self.checkpoint_step = checkpoint.get("global_step")
         self._check_tokenizer()
-
-    # ------------------------------------------------------------------ training randomness
-    def on_fit_start(self) -> None:
-        """Fix the training seed: the run's own when resuming (stored in the checkpoint), else the one
-        ``seed_everything`` set (``PL_GLOBAL_SEED``), else torch's initial seed."""
-        resuming = getattr(self.trainer, "ckpt_path", None) is not None
-        if resuming and self._checkpoint_train_seed is not None:
-            self.train_seed = int(self._checkpoint_train_seed)
-        else:
-            env = os.environ.get("PL_GLOBAL_SEED")
-            self.train_seed = int(env) if env is not None else torch.initial_seed() % 2**32
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Reseed torch from ``(train_seed, batch number, rank)`` before every training batch (as fairseq
-        reseeds every update), so the noise, timesteps and dropout of batch ``n`` do not depend on what ran
-        before it: a run resumed from a checkpoint draws exactly what the uninterrupted run would have."""
-        if self.train_seed is None:
-            return
-        batch_number = self.trainer.fit_loop.total_batch_idx
-        torch.manual_seed(step_seed(self.train_seed, batch_number, self.global_rank))
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop before a non-finite gradient reaches the weights (a finite loss can still overflow in the
-        backward pass, e.g. in bf16): ``FloatingPointError`` naming the step and the first parameters affected.
-        Skipped under fp16 loss scaling, whose scaler skips such steps by design. One device sync per step."""
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return
-        grads = [(name, p.grad) for name, p in self.named_parameters() if p.grad is not None]
-        # A norm is non-finite iff an element is: one fused kernel (as clip_grad_norm_ does), one sync.
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm([g for _, g in grads]))).all()):
-            return
-        bad = [name for name, g in grads if not bool(torch.isfinite(g).all())]
-        raise FloatingPointError(
-            f"non-finite gradients at global step {self.global_step} in {len(bad)} parameter(s): "
-            f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; the weights were not updated. Lower the learning "
-            "rate, enable gradient clipping (trainer.gradient_clip_val) or train in float32"
-        )
 
     # ------------------------------------------------------------------ multi-process helpers
     @property
@@ -295,28 +264,24 @@ class Seq2SeqModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def decode_ids(self, token_ids: Tensor) -> list[str]:
-        """Token ids ``[B, L]`` -> strings: cut at the first EOS, drop special tokens, detokenize."""
+        """Token ids ``[B, L]`` -> strings: cut at the first end token (``special_ids.eos``: the EOS, or the SEP
+        of a tokenizer without EOS), drop special tokens, detokenize."""
         if self.tokenizer is None:
             raise RuntimeError("no tokenizer attached: call attach_tokenizer() or run through a Trainer with the data module")
-        eos = self.tokenizer.eos_token_id
+        end = self.special_ids.eos
         texts = []
         for row in token_ids.tolist():
-            if eos is not None and eos in row:
-                row = row[: row.index(eos)]
+            if end in row:
+                row = row[: row.index(end)]
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
-    @property
-    def reports_sampling_steps(self) -> bool:
-        """Whether :meth:`generate` takes ``on_step(done, total)`` (diffusion sampling does, autoregressive search not)."""
-        return "on_step" in inspect.signature(self.generate).parameters
-
     def _sampling_step_hook(self) -> Callable[[int, int], None] | None:
-        """``on_step(done, total)`` for :meth:`generate` that calls ``on_sampling_step(trainer, module, done, total)``
-        on the trainer's callbacks that define it (e.g. :class:`~lightning_diffusion.callbacks.SamplingProgress`);
-        None without such a callback or when ``generate`` takes no ``on_step`` (autoregressive search)."""
+        """``on_step(done, total)`` that calls ``on_sampling_step(trainer, module, done, total)`` on the trainer's
+        callbacks that define it (e.g. :class:`~lightning_diffusion.callbacks.SamplingProgress`); None without
+        such a callback or when the model's decoding has no sampling steps (autoregressive search)."""
         trainer = self._trainer
-        if trainer is None or not self.reports_sampling_steps:
+        if trainer is None or not self.decoding.reports_steps:
             return None
         listeners = [cb for cb in trainer.callbacks if callable(getattr(cb, "on_sampling_step", None))]
         if not listeners:
@@ -329,23 +294,10 @@ class Seq2SeqModule(LightningModule):
         return on_step
 
     def _decode_batch(self, batch: Seq2SeqBatch) -> list[dict[str, Any]]:
-        """Decode a batch into rows ``{"index", "source", "hypothesis"[, "reference"]}``. An empty or blank source (kept
-        for prediction so outputs stay aligned with input lines) gets an empty hypothesis: there is nothing to
-        translate, and the model's output from an all-padding source would be unconditioned text."""
-        generator = torch.Generator(device=self.device).manual_seed(self.decode_seed + int(batch.index[0]))
-        on_step = self._sampling_step_hook()
-        extra: dict[str, Any] = {"on_step": on_step} if on_step is not None else {}
-        result = self.generate(batch.src_ids, batch.src_mask, generator, **extra)
-        rows = []
-        lengths = batch.src_mask.sum(-1).tolist()
-        for i, hyp in enumerate(result.texts):
-            empty = lengths[i] == 0 or not batch.src_text[i].strip()
-            hypothesis = "" if empty else hyp
-            row: dict[str, Any] = {"index": int(batch.index[i]), "source": batch.src_text[i], "hypothesis": hypothesis}
-            if batch.tgt_text is not None:
-                row["reference"] = batch.tgt_text[i]
-            rows.append(row)
-        return rows
+        """Decode a batch with the model's decoding into rows ``{"index", "source", "hypothesis"[, "reference"]}``
+        (see :func:`~lightning_diffusion.decoding.decode_batch`: seeded by ``decode_seed`` and the batch's first
+        index; empty sources get an empty hypothesis)."""
+        return decode_batch(self, batch, self.decoding, self.decode_seed, self._sampling_step_hook()).rows
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Seq2SeqBatch, stage: str) -> None:
@@ -390,37 +342,17 @@ class Seq2SeqModule(LightningModule):
         self._outputs = []
         if not rows:
             return
-        hyps = [row["hypothesis"] for row in rows]
-        refs = [row["reference"] for row in rows]
-        bleu = corpus_bleu(hyps, refs)
-        scores = rouge(hyps, refs, keys=("rouge1", "rouge2", "rougeL"))
         sanity = self.trainer.sanity_checking
         fitting = self.trainer.state.fn == "fit"
         step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
+        report = evaluate(rows, self.decoding_settings(), stage, 0 if sanity else step, self.log_samples)
         if not sanity:
-            self.log(f"{stage}/bleu", bleu.score, batch_size=len(rows), sync_dist=True)  # same value on every rank
-            for key, value in scores.items():
-                self.log(f"{stage}/{key}", value, batch_size=len(rows), sync_dist=True)
+            self.log(f"{stage}/bleu", report.bleu, batch_size=len(rows), sync_dist=True)  # same value on every rank
+            for key in ("rouge1", "rouge2", "rougeL"):
+                self.log(f"{stage}/{key}", getattr(report, key), batch_size=len(rows), sync_dist=True)
+        self.last_report = report
         when = "before training (sanity check)" if sanity else f"step {step}"
-        self.last_report = {
-            "stage": stage,
-            "step": 0 if sanity else step,
-            "bleu": bleu.score,
-            "signature": bleu.signature,
-            **scores,
-            "sentences": len(rows),
-            "settings": self.decoding_settings(),
-            "samples": rows[: self.log_samples],
-        }
-        lines = [
-            f"[{stage} @ {when}] BLEU {bleu.score:.2f} | ROUGE-1/2/L {scores['rouge1']:.1f}/{scores['rouge2']:.1f}/"
-            f"{scores['rougeL']:.1f} (F1 x100) | {len(rows)} sentences",
-            f"  decoding: {self.decoding_settings()}",
-            f"  sacreBLEU signature: {bleu.signature}",
-        ]
-        for row in rows[: self.log_samples]:
-            lines += [f"  src: {row['source']}", f"  hyp: {row['hypothesis']}", f"  ref: {row['reference']}", ""]
-        rank_zero_info("\n".join(lines).rstrip())
+        rank_zero_info(report.format(when))
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: Seq2SeqBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import torch
 from torch import Tensor
 
 
@@ -40,6 +41,26 @@ class Seq2SeqBatch:
     @property
     def has_targets(self) -> bool:
         return self.tgt_ids is not None
+
+    def select(self, rows: list[int]) -> Seq2SeqBatch:
+        """The examples at ``rows`` (in that order), padding columns no kept example uses trimmed away."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.src_ids.device)
+        src_mask = self.src_mask.index_select(0, index)
+        width = max(1, int(src_mask.sum(-1).max())) if rows else 1
+        tgt_ids = tgt_mask = None
+        if self.tgt_ids is not None and self.tgt_mask is not None:
+            tgt_mask = self.tgt_mask.index_select(0, index)
+            tgt_width = max(1, int(tgt_mask.sum(-1).max())) if rows else 1
+            tgt_ids, tgt_mask = self.tgt_ids.index_select(0, index)[:, :tgt_width], tgt_mask[:, :tgt_width]
+        return Seq2SeqBatch(
+            src_ids=self.src_ids.index_select(0, index)[:, :width],
+            src_mask=src_mask[:, :width],
+            index=self.index.index_select(0, index.to(self.index.device)),
+            src_text=[self.src_text[i] for i in rows],
+            tgt_ids=tgt_ids,
+            tgt_mask=tgt_mask,
+            tgt_text=[self.tgt_text[i] for i in rows] if self.tgt_text is not None else None,
+        )
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""SeqDiffuSeq's adaptive per-position schedule: table, statistics, refit, checkpoints and the refit callback."""
+"""SeqDiffuSeq's adaptive per-position schedule: table, statistics, refit, its own refit cadence in training,
+checkpoints and EMA copies."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_diffusion import DiffusionLM
-from lightning_diffusion.callbacks import AdaptiveScheduleRefit
+from lightning_diffusion.callbacks import EMA, AdaptiveScheduleRefit
 from lightning_diffusion.denoisers import EncoderDecoderDenoiser
 from lightning_diffusion.samplers import DDIMSampler
 from lightning_diffusion.schedules import AdaptiveSchedule, SqrtSchedule
@@ -210,57 +212,60 @@ def _denoiser() -> functools.partial[EncoderDecoderDenoiser]:
     )  # fmt: skip
 
 
-def _schedule() -> AdaptiveSchedule:
-    return AdaptiveSchedule(num_steps=20, max_length=48, num_bins=2)
+def _schedule(refit_every: int = 1000, refit_warmup: int = 1000) -> AdaptiveSchedule:
+    return AdaptiveSchedule(num_steps=20, max_length=48, num_bins=2, refit_every=refit_every, refit_warmup=refit_warmup)
 
 
-def _trainer(tmp_path: Path, max_steps: int, callbacks: list[Any]) -> Trainer:
+def _trainer(tmp_path: Path, max_steps: int, callbacks: list[Any], checkpointing: bool = False) -> Trainer:
     return Trainer(
         max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path, use_distributed_sampler=False, callbacks=callbacks,
     )  # fmt: skip
 
 
-def test_refit_callback_and_checkpoint_round_trip(tiny_datamodule: Any, tmp_path: Path) -> None:
+def test_schedule_refits_itself_in_training_and_checkpoint_round_trip(tiny_datamodule: Any, tmp_path: Path) -> None:
     torch.manual_seed(0)
     denoiser = _denoiser()
     module = DiffusionLM(
-        denoiser=denoiser, schedule=_schedule(), sampler=DDIMSampler(steps=3), vocab_size=tiny_datamodule.vocab_size,
-        length_ratio=1.0, length_offset=2,
+        denoiser=denoiser, schedule=_schedule(refit_every=2, refit_warmup=3), sampler=DDIMSampler(steps=3),
+        vocab_size=tiny_datamodule.vocab_size, length_ratio=1.0, length_offset=2,
     )  # fmt: skip
     initial = module.schedule.alpha_bar_table.clone()
     schedule = module.schedule
-    refit_calls: list[tuple[int, float, int]] = []
+    refit_calls: list[tuple[int, int, float, int]] = []
     real_refit = schedule.refit
 
     def spy_refit() -> int:
         recorded = float(schedule.loss_count.sum())
         n = real_refit()
-        refit_calls.append((trainer.global_step, recorded, n))
+        refit_calls.append((int(schedule.train_steps), trainer.global_step, recorded, n))
         return n
 
     schedule.refit = spy_refit  # type: ignore[method-assign]
-    callback = AdaptiveScheduleRefit(every_n_steps=2, warmup_steps=3)
-    trainer = _trainer(tmp_path, 6, [callback])
+    trainer = _trainer(tmp_path, 6, [])  # no refit callback: the schedule refits itself
     trainer.fit(module, tiny_datamodule)
     assert trainer.global_step == 6
-    assert callback.refits == 2
-    assert [step for step, _, _ in refit_calls] == [4, 6]  # not before the warm-up, then every 2 steps
-    assert all(recorded > 0 for _, recorded, _ in refit_calls)  # training recorded statistics in between
-    assert sum(n for _, _, n in refit_calls) > 0
+    # Not before the warm-up, then every 2 steps: the steps the old callback refit at, each inside the training
+    # step (global_step still counts the optimizer steps before it).
+    assert [(step, global_step) for step, global_step, _, _ in refit_calls] == [(4, 3), (6, 5)]
+    assert all(recorded > 0 for _, _, recorded, _ in refit_calls)  # training recorded statistics in between
+    assert sum(n for _, _, _, n in refit_calls) > 0
+    assert int(schedule.train_steps) == 6 and int(schedule.refits) == 2
     assert not schedule.loss_count.any()  # reset by the last refit
     assert not torch.equal(schedule.alpha_bar_table, initial)
-    assert callback.state_dict() == {"refits": 2}
 
     path = tmp_path / "adaptive.ckpt"
     trainer.save_checkpoint(path)
     del schedule.refit  # the plain method again
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert int(saved["schedule.train_steps"]) == 6 and int(saved["schedule.refits"]) == 2
     loaded = DiffusionLM.load_from_checkpoint(
         path, denoiser=denoiser, schedule=_schedule(), sampler=DDIMSampler(steps=3)
     )
     assert torch.equal(loaded.schedule.alpha_bar_table, module.schedule.alpha_bar_table)
     assert not torch.equal(loaded.schedule.alpha_bar_table, initial)
+    assert int(loaded.schedule.train_steps) == 6 and int(loaded.schedule.refits) == 2  # a resume refits on cue
 
     module.eval()
     loaded.eval()
@@ -285,22 +290,74 @@ def test_refit_callback_and_checkpoint_round_trip(tiny_datamodule: Any, tmp_path
         assert torch.equal(latents(loaded, loaded.schedule), reference)
         assert not torch.equal(latents(loaded, _schedule()), reference)
 
-    # The callback's own state comes back with a resumed fit's checkpoint.
-    resumed = AdaptiveScheduleRefit(every_n_steps=2, warmup_steps=3)
-    resumed.load_state_dict(torch.load(path, weights_only=False)["callbacks"]["AdaptiveScheduleRefit"])
-    assert resumed.refits == 2
 
-
-def test_refit_callback_rejects_a_fixed_schedule(tiny_datamodule: Any, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="every_n_steps"):
-        AdaptiveScheduleRefit(every_n_steps=0)
+@pytest.mark.parametrize("ema_every", [1, 4])
+def test_checkpoints_and_ema_weights_hold_the_refit_table(tiny_datamodule: Any, tmp_path: Path, ema_every: int) -> None:
+    """Without any refit callback, a checkpoint saved after a refit holds the refit table in the live weights and
+    in the EMA weights, also when the EMA updates less often than the schedule refits."""
+    torch.manual_seed(0)
     module = DiffusionLM(
-        denoiser=_denoiser(), schedule=SqrtSchedule(20), vocab_size=tiny_datamodule.vocab_size
+        denoiser=_denoiser(), schedule=_schedule(refit_every=2, refit_warmup=3), vocab_size=tiny_datamodule.vocab_size
     )
-    trainer = _trainer(tmp_path, 1, [AdaptiveScheduleRefit(every_n_steps=1, warmup_steps=0)])
-    with pytest.raises(TypeError, match="AdaptiveSchedule"):
-        trainer.fit(module, tiny_datamodule)
-    assert trainer.global_step == 0
+    initial = SqrtSchedule(20).alpha_bar_table[:, None].repeat(1, 48)
+    assert torch.equal(module.schedule.alpha_bar_table, initial)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    ema = EMA(decay=0.9, update_every_n_steps=ema_every)  # with 4: updates after steps 1 and 5, not after 6
+    trainer = _trainer(tmp_path, 6, [ema, checkpoints], checkpointing=True)
+    trainer.fit(module, tiny_datamodule)
+
+    before = torch.load(tmp_path / "ckpt" / "step=3.ckpt", weights_only=True)
+    for key in ("state_dict", "current_model_state"):  # the EMA weights, then the live ones
+        assert torch.equal(before[key]["schedule.alpha_bar_table"], initial)  # before the warm-up ends
+        assert int(before[key]["schedule.refits"]) == 0
+    after = torch.load(tmp_path / "ckpt" / "step=6.ckpt", weights_only=True)
+    live, averaged = after["current_model_state"], after["state_dict"]
+    table = live["schedule.alpha_bar_table"]
+    assert not torch.equal(table, initial)
+    assert torch.equal(averaged["schedule.alpha_bar_table"], table)
+    assert int(live["schedule.train_steps"]) == 6 and int(live["schedule.refits"]) == 2  # steps 4 and 6
+    assert int(averaged["schedule.refits"]) == 2
+    assert any(not torch.equal(averaged[k], v) for k, v in live.items() if k.startswith("denoiser."))  # averaged
+    # At the end of fit the module holds the EMA weights, with the same (live) table.
+    assert torch.equal(module.schedule.alpha_bar_table, table)
+
+
+def test_schedule_refit_cadence_and_arguments() -> None:
+    sched = AdaptiveSchedule(num_steps=10, max_length=2, num_bins=5, refit_every=2, refit_warmup=3)
+    refit_after = []
+    for step in range(1, 9):
+        sched.observe(torch.arange(1, 11), torch.rand(10, 2), torch.ones(10, 2, dtype=torch.bool))
+        refits = int(sched.refits)
+        sched.commit_observations()
+        if int(sched.refits) > refits:
+            refit_after.append(step)
+            assert not sched.loss_count.any()
+    assert refit_after == [4, 6, 8]
+    assert int(sched.train_steps) == 8 and int(sched.refits) == 3
+    assert sched.state_dict()["train_steps"].item() == 8 and sched.state_dict()["refits"].item() == 3
+    # No warm-up: every refit_every steps from the start.
+    no_warmup = AdaptiveSchedule(num_steps=10, max_length=2, num_bins=5, refit_every=3, refit_warmup=0)
+    for _ in range(7):
+        no_warmup.commit_observations()
+    assert int(no_warmup.refits) == 2  # steps 3 and 6
+
+    # A state dict from before the counters (older checkpoints) still loads, with both counters at 0.
+    old = {k: v for k, v in sched.state_dict().items() if k not in ("train_steps", "refits")}
+    fresh = AdaptiveSchedule(num_steps=10, max_length=2, num_bins=5)
+    fresh.load_state_dict(old)
+    assert int(fresh.train_steps) == 0 and int(fresh.refits) == 0
+    assert torch.equal(fresh.alpha_bar_table, sched.alpha_bar_table)
+
+    with pytest.raises(ValueError, match="refit_every must be >= 1, got 0"):
+        AdaptiveSchedule(num_steps=10, refit_every=0)
+    with pytest.raises(ValueError, match="refit_warmup must be >= 0, got -1"):
+        AdaptiveSchedule(num_steps=10, refit_warmup=-1)
+
+
+def test_the_removed_refit_callback_says_what_to_change() -> None:
+    with pytest.raises(ValueError, match="AdaptiveScheduleRefit was removed") as raised:
+        AdaptiveScheduleRefit(every_n_steps=500, warmup_steps=200)
+    assert "model.schedule.init_args: {refit_every: 500, refit_warmup: 200}" in str(raised.value)
 
 
 def test_observations_stay_pending_until_committed_and_are_summed_over_ranks() -> None:

@@ -17,6 +17,7 @@ from conftest import RECIPES_DIR
 from torch import Tensor
 
 import lightning_diffusion.cli as cli_module
+from lightning_diffusion import DiffusionLM
 from lightning_diffusion.attention import attention
 from lightning_diffusion.autoregressive import (
     AutoregressiveLM,
@@ -28,7 +29,10 @@ from lightning_diffusion.autoregressive.search import SearchOutput
 from lightning_diffusion.data import (
     tokenizer_fingerprint,
 )
+from lightning_diffusion.data.tokenizer import SpecialIds
+from lightning_diffusion.denoisers import DiffuSeqDenoiser
 from lightning_diffusion.denoisers.layers import KVCache, MultiHeadAttention
+from lightning_diffusion.schedules import SqrtSchedule
 from lightning_diffusion.seq2seq import Seq2SeqModule
 from lightning_diffusion.types import Conditioning, Seq2SeqBatch
 
@@ -349,8 +353,15 @@ def make_module(tok: Any, **kwargs: Any) -> AutoregressiveLM:
 
 def test_special_ids_come_from_the_tokenizer(tok: Any) -> None:
     module = make_module(tok)
-    assert (module.pad_id, module.bos_id, module.eos_id) == (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    assert (module.pad_id, module.bos_id, module.eos_id) == (PAD, BOS, EOS)
+    ids = module.special_ids
+    assert (ids.pad, ids.bos, ids.eos) == (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    assert (ids.pad, ids.bos, ids.eos) == (PAD, BOS, EOS)
+    unattached = AutoregressiveLM(network=tiny_network(), vocab_size=len(tok)).special_ids
+    assert unattached == DiffusionLM(  # one fallback for every model kind: the library tokenizer's ids
+        denoiser=functools.partial(DiffuSeqDenoiser, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32, latent_dim=8),
+        schedule=SqrtSchedule(10), vocab_size=len(tok),
+    ).special_ids == SpecialIds.library_default()
+    assert (unattached.pad, unattached.bos, unattached.eos) == (PAD, BOS, EOS)
 
 
 def test_loss_is_label_smoothed_token_mean_and_ignores_padding(tok: Any, batch: Seq2SeqBatch) -> None:
@@ -457,7 +468,7 @@ def test_cli_fit_checkpoint_loads_without_arguments(tmp_path: Path, tiny_overrid
     assert cli.model.network.hidden_dim == 32 and len(cli.model.network.layers) == 1
     assert {"train/loss", "train/nll", "val/loss", "val/nll", "val/bleu"} <= set(cli.trainer.logged_metrics)
     report = cli.model.last_report
-    assert report["stage"] == "val" and report["settings"].startswith("BeamSearch(beam=4, length_penalty=1.0)")
+    assert report.stage == "val" and report.settings.startswith("BeamSearch(beam=4, length_penalty=1.0)")
 
     (ckpt,) = tmp_path.rglob("last.ckpt")
     loaded = AutoregressiveLM.load_from_checkpoint(ckpt)  # the CLI stored the recipe's class_path config

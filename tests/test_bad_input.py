@@ -47,6 +47,7 @@ from lightning_diffusion.data import (
     read_examples,
     tokenizer_fingerprint,
 )
+from lightning_diffusion.data.tokenizer import special_ids
 from lightning_diffusion.denoisers import EncoderDecoderDenoiser
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, AnchorNLL, LengthNLL
@@ -422,7 +423,8 @@ def tok_dir(tok: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def decode_like_the_module(tokenizer: Any, ids: torch.Tensor) -> list[str]:
     """The modules' own decoding (cut at the first EOS, drop special tokens, detokenize, strip)."""
-    return Seq2SeqModule.decode_ids(SimpleNamespace(tokenizer=tokenizer), ids)  # type: ignore[arg-type]
+    module = SimpleNamespace(tokenizer=tokenizer, special_ids=special_ids(tokenizer))
+    return Seq2SeqModule.decode_ids(module, ids)  # type: ignore[arg-type]
 
 
 def write_pairs(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
@@ -986,8 +988,8 @@ BAD_VALUES = [
     pytest.param((*D, "tgt_key"), "src", "src_key and tgt_key must name different fields", id="tgt_key=src_key"),
     pytest.param((*D, "empty_examples"), "drop", 'Parser key "empty_examples"', id="empty_examples=drop"),
     pytest.param((*M, "schedule", "init_args", "num_steps"), 0, "num_steps must be >= 1", id="num_steps=0"),
-    pytest.param((*M, "noise_beam"), 0, "noise_beam and length_beam must be >= 1", id="noise_beam=0"),
-    pytest.param((*M, "length_beam"), -2, "noise_beam and length_beam must be >= 1", id="length_beam=-2"),
+    pytest.param((*M, "noise_beam"), 0, "decoding: noise_beam must be an integer >= 1, got 0", id="noise_beam=0"),
+    pytest.param((*M, "length_beam"), -2, "decoding: length_beam must be an integer >= 1, got -2", id="length_beam=-2"),
     pytest.param((*M, "sampler", "init_args", "steps"), 0, "steps must be >= 1", id="sampler.steps=0"),
     pytest.param((*M, "sampler", "init_args", "eta"), 2.0, "eta must be in [0, 1]", id="eta=2.0"),
     pytest.param((*M, "self_condition_prob"), 1.5, "self_condition_prob must be in [0, 1]", id="self_condition_prob=1.5"),

@@ -427,3 +427,29 @@ def test_run_all_writes_results_md(
     # report.py alone rewrites it from the JSON
     report.main(["--results-dir", str(bench.results), "--output", str(output), "--no-plots"])
     assert "## Translation: multi30k_en_de" in output.read_text()
+
+
+def test_decode_memory_tiny_run(tmp_path: Path) -> None:
+    from benchmarks import decode_memory
+
+    with pytest.raises(SystemExit) as info:
+        decode_memory.main(["--help"])
+    assert info.value.code == 0
+    tiny = ["--vocab", "300", "--source-tokens", "32", "--source-length", "8", "--dim", "16", "--heads", "2"]
+    tiny += ["--layers", "1", "--steps", "2", "--length-beam", "3", "--noise-beam", "2", "--device", "cpu"]
+    # a limit this small makes the unchunked decode run at fewer sources and be extrapolated to the full batch
+    decode_memory.main([*tiny, "--unchunked-limit-gib", "0.0003", "--results-dir", str(tmp_path)])
+    data = json.loads((tmp_path / "decode_memory.json").read_text())
+    check_envelope(data, "decode_memory")
+    assert data["settings"]["candidates_per_source"] == 6 and data["settings"]["source_tokens"] == 32
+    rows = {(r["what"], r["chunking"], r["sources"], r["extrapolated"]): r for r in data["results"]}
+    for what in ("sample", "generate"):
+        full = rows[(what, "chunked", 4, False)]
+        assert full["peak_rss_bytes"] >= 0 and full["candidates_per_source"] == 6
+        measured = [r for (w, c, _, e), r in rows.items() if (w, c, e) == (what, "unchunked", False)]
+        assert sorted(r["sources"] for r in measured) == [1, 2]  # two sizes for the linear fit
+        assert all(r["same_output_as_chunked"] for r in measured)
+        assert rows[(what, "unchunked", 4, True)]["positions"] == full["positions"]
+    assert rows[("sample", "chunked", 4, False)]["positions"] == 4 * 6 * 8
+    md = (tmp_path / "decode_memory.md").read_text()
+    assert md.startswith("### Decode memory") and "*extrapolated*" in md and "Command: `python -m benchmarks." in md

@@ -40,7 +40,6 @@ def overlay(path: Path, record_dir: Path) -> Path:
         "trainer": {
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-                {"class_path": "lightning_diffusion.callbacks.AdaptiveScheduleRefit", "init_args": {"every_n_steps": 4, "warmup_steps": 4}},
                 {"class_path": "run_probes.BatchRecorder", "init_args": {"directory": str(record_dir)}},
                 {"class_path": "run_probes.DumpTrainingState", "init_args": {"directory": str(record_dir)}},
                 {"class_path": "lightning_diffusion.callbacks.PredictionWriter"},
@@ -50,7 +49,7 @@ def overlay(path: Path, record_dir: Path) -> Path:
             "init_args": {
                 "schedule": {
                     "class_path": "lightning_diffusion.schedules.AdaptiveSchedule",
-                    "init_args": {"num_steps": 20, "max_length": 40, "num_bins": 5},
+                    "init_args": {"num_steps": 20, "max_length": 40, "num_bins": 5, "refit_every": 4, "refit_warmup": 4},
                 },
                 "timestep_sampler": {"class_path": "lightning_diffusion.timesteps.LossAwareTimestepSampler", "init_args": {"history": 2}},
                 "noise_beam": 2,
@@ -75,11 +74,12 @@ def test_ddp_two_cpu_processes_train_and_predict_through_the_cli(tmp_path: Path,
     first_epoch = [i for row in rows if row["epoch"] == 0 for i in row["index"]]
     assert len(set(first_epoch)) > len(first_epoch) * 0.9
     state = [torch.load(record / f"buffers_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
-    for name in ("schedule.loss_sum", "schedule.loss_count", "schedule.alpha_bar_table", "timestep_sampler.loss_history", "timestep_sampler.history_count"):
+    for name in ("schedule.loss_sum", "schedule.loss_count", "schedule.alpha_bar_table", "schedule.refits", "timestep_sampler.loss_history", "timestep_sampler.history_count"):
         assert torch.equal(state[0][name], state[1][name]), f"{name} differs between ranks"
     # Every example of both ranks is in the (shared) loss-aware history: gathered, not per rank.
     assert int(state[0]["timestep_sampler.history_count"].sum()) == sum(len(row["index"]) for row in rows)
-    # The statistics since the last refit (step 4) hold steps 5-6 of both ranks.
+    # The schedule refit itself once (step 4); the statistics since then hold steps 5-6 of both ranks.
+    assert int(state[0]["schedule.refits"]) == 1 and int(state[0]["schedule.train_steps"]) == 6
     assert state[0]["schedule.loss_count"].sum() > 0
 
     (ckpt,) = (tmp_path / "run").rglob("last.ckpt")

@@ -4,6 +4,7 @@ batching guarantees; clear errors for bad paths and flags that do not apply."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from jsonargparse import CLI
 from lightning_diffusion.cli import main
 from lightning_diffusion.generate import (
     GenerateError,
-    apply_decoding_overrides,
+    decoding_from_flags,
     expand_positional_texts,
     generate,
 )
@@ -207,38 +208,54 @@ def test_positional_texts_through_the_parser(model: Model, capsys: pytest.Captur
     assert capsys.readouterr().out.splitlines() == out
 
 
-def test_overrides_do_not_touch_the_loaded_sampler(model: Model) -> None:
+def test_flags_build_a_decoding_without_touching_the_model(model: Model) -> None:
     module: Any = load_pretrained(model.export)
-    original = module.sampler
-    apply_decoding_overrides(module, steps=2, noise_beam=2)
-    assert original.steps == 3 and module.sampler is not original and module.sampler.steps == 2
-    assert module.noise_beam == 2 and isinstance(module.sampler, DDIMSampler)
-    apply_decoding_overrides(module, sampler=AncestralSampler)
-    assert isinstance(module.sampler, AncestralSampler) and module.sampler.steps == 2  # the steps in use
+    original = module.decoding
+    clamped = original.replace(sampler=DDIMSampler(steps=3, eta=0.5, clamp=True, noise_factor=0.8))
+    module.decoding = clamped
+    decoding, notes = decoding_from_flags(module, steps=2, noise_beam=2)
+    assert module.decoding is clamped and clamped.sampler.steps == 3  # the model keeps its own settings
+    assert decoding.sampler.steps == 2 and decoding.noise_beam == 2 and decoding.nfe == 2 and not notes
+    assert isinstance(decoding.sampler, DDIMSampler) and decoding.sampler.clamp and decoding.sampler.eta == 0.5
+    switched, notes = decoding_from_flags(module, sampler=AncestralSampler)
+    assert isinstance(switched.sampler, AncestralSampler) and switched.sampler.steps == 3  # the steps in use
+    # --sampler keeps the options it does not change and says which it drops.
+    assert switched.sampler.clamp and switched.sampler.noise_factor == 0.8
+    assert notes == [
+        "--sampler AncestralSampler keeps clamp=True, noise_factor=0.8 from the model's DDIMSampler",
+        "--sampler AncestralSampler drops eta=0.5 of the model's DDIMSampler (AncestralSampler has no such option)",
+    ]
     with pytest.raises(GenerateError, match="--steps must be >= 1"):
-        apply_decoding_overrides(module, steps=0)
+        decoding_from_flags(module, steps=0)
 
 
-class _Autoregressive:
-    """Stands in for a model without a sampler."""
+def make_autoregressive() -> Any:
+    from lightning_diffusion.autoregressive import AutoregressiveLM, TransformerSeq2Seq
 
-    def decoding_settings(self) -> str:
-        return "greedy search"
+    network = functools.partial(
+        TransformerSeq2Seq, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32
+    )
+    return AutoregressiveLM(network=network, vocab_size=300)
 
 
-class _Canvas:
-    """A diffusion model without a length predictor."""
+def make_canvas_model() -> Any:
+    from lightning_diffusion import DiffusionLM
+    from lightning_diffusion.denoisers import DiffuSeqDenoiser
+    from lightning_diffusion.schedules import SqrtSchedule
 
-    sampler = DDIMSampler(steps=4)
-    length_predictor = None
+    denoiser = functools.partial(
+        DiffuSeqDenoiser, hidden_dim=16, num_layers=1, num_heads=2, latent_dim=8, ffn_dim=32
+    )
+    return DiffusionLM(denoiser=denoiser, schedule=SqrtSchedule(20), vocab_size=300)
 
 
 def test_flags_that_do_not_apply_fail_clearly(model: Model, capsys: pytest.CaptureFixture[str]) -> None:
+    autoregressive = make_autoregressive()
     with pytest.raises(GenerateError, match="--sampler, --noise_beam apply to diffusion models"):
-        apply_decoding_overrides(_Autoregressive(), sampler=AncestralSampler, noise_beam=2)  # type: ignore[arg-type]
-    apply_decoding_overrides(_Autoregressive())  # type: ignore[arg-type]  # no flags: nothing to complain about
-    with pytest.raises(GenerateError, match="--length_beam > 1 needs a model with a length predictor"):
-        apply_decoding_overrides(_Canvas(), length_beam=2)  # type: ignore[arg-type]
+        decoding_from_flags(autoregressive, sampler=AncestralSampler, noise_beam=2)
+    assert decoding_from_flags(autoregressive) == (autoregressive.decoding, [])  # no flags: nothing to complain about
+    with pytest.raises(GenerateError, match="--length_beam 2 needs a model with a length predictor"):
+        decoding_from_flags(make_canvas_model(), length_beam=2)
     with pytest.raises(SystemExit, match="--batch_size must be >= 1"):
         main(["generate", str(model.export), "--batch_size", "0", "--text+=Hi"])
     with pytest.raises(SystemExit):

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import lightning_diffusion.module as module_lib
 from lightning_diffusion import DiffusionLM
 from lightning_diffusion.denoisers import EncoderDecoderDenoiser
 from lightning_diffusion.length import LengthPredictor
@@ -258,15 +257,15 @@ def test_length_beam_noise_beam_mbr_picks_the_consensus(monkeypatch: pytest.Monk
         "x y z w", "a b c d", "b a b a",  # source 1, length 1
     ]  # fmt: skip
     sampler = FakeSampler(torch.tensor([_ids(r) for r in rows]))
-    module.sampler = sampler  # type: ignore[assignment]
+    module.decoding = module.decoding.replace(sampler=sampler)
     candidates: list[list[str]] = []
-    real_select = module_lib.mbr_select
+    real_select = module.decoding.selection.select
 
     def spy_select(texts: list[str]) -> int:
         candidates.append(list(texts))
         return real_select(texts)
 
-    monkeypatch.setattr(module_lib, "mbr_select", spy_select)
+    monkeypatch.setattr(module.decoding.selection, "select", spy_select)
     batch = Seq2SeqBatch(
         src_ids=torch.tensor([[4, 5, 6], [8, 9, 0]]), src_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]).bool(),
         index=torch.tensor([7, 8]), src_text=["a b c", "x y"],

@@ -8,7 +8,7 @@ import pytest
 from sacrebleu.metrics import BLEU
 
 from lightning_diffusion.metrics import ROUGE_KEYS, BleuResult, corpus_bleu, rouge
-from lightning_diffusion.samplers import mbr_select
+from lightning_diffusion.selection import mbr_select
 
 HYPS = ["the cat sat on the mat .", "a quick brown fox jumps over the lazy dog", "hello , world !"]
 

@@ -328,7 +328,7 @@ def test_checkpoint_round_trip_programmatic(tiny_datamodule: Any, tmp_path: Path
     assert loaded.noise_beam == 2  # plain hyperparameters come back from the checkpoint
 
     # Decoding with the loaded weights matches the trained module (same sampler, same noise).
-    loaded.sampler = module.sampler
+    loaded.decoding = loaded.decoding.replace(sampler=module.sampler)
     loaded.attach_tokenizer(tiny_datamodule.tokenizer, tiny_datamodule.tokenizer_fingerprint)
     module.eval()
     loaded.eval()

@@ -81,9 +81,9 @@ def test_recipe_fit_then_validate(
     assert cli is not None
     assert cli.trainer.global_step == 2
     report = cli.model.last_report
-    assert report["stage"] == "val" and report["step"] == 2
-    assert isinstance(report["bleu"], float) and 0.0 <= report["bleu"] <= 100.0
-    assert "NFE" in report["settings"]
+    assert report.stage == "val" and report.step == 2
+    assert isinstance(report.bleu, float) and 0.0 <= report.bleu <= 100.0
+    assert "NFE" in report.settings
     sized = cli.model.denoiser if hasattr(cli.model, "denoiser") else cli.model.network
     assert sized.hidden_dim == 32  # the tiny overrides reached the model
     assert "[val @ step 2] BLEU" in caplog.text and "sacreBLEU signature" in caplog.text
@@ -98,6 +98,6 @@ def test_recipe_fit_then_validate(
     cli = run_cli(["validate", "-c", str(recipe), *overrides, "--ckpt_path", str(ckpt)])
     assert cli is not None
     report = cli.model.last_report
-    assert report["stage"] == "val"
-    assert isinstance(report["bleu"], float) and not math.isnan(report["bleu"])
+    assert report.stage == "val"
+    assert isinstance(report.bleu, float) and not math.isnan(report.bleu)
     assert "val/bleu" in cli.trainer.callback_metrics

@@ -17,6 +17,8 @@ import pytest
 import torch
 from conftest import RECIPES_DIR, TinyData, make_tiny_overrides
 
+from lightning_diffusion.schedules import AdaptiveSchedule
+
 RECIPE = RECIPES_DIR / "seqdiffuseq" / "multi30k_en_de.yaml"  # adaptive schedule, self-conditioning, EMA
 HELPERS = Path(__file__).resolve().parent / "helpers"
 MAX_STEPS = 16  # a multiple of CHECKPOINT_EVERY: last.ckpt holds the final state
@@ -31,7 +33,6 @@ def overlay(path: Path, record_dir: Path, kill_at: int | None) -> Path:
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
             "init_args": {"every_n_train_steps": CHECKPOINT_EVERY, "save_last": True, "save_top_k": -1},
         },
-        {"class_path": "lightning_diffusion.callbacks.AdaptiveScheduleRefit", "init_args": {"every_n_steps": 3, "warmup_steps": 3}},
         {"class_path": "lightning_diffusion.callbacks.EMA", "init_args": {"decay": 0.9}},
         {"class_path": "run_probes.BatchRecorder", "init_args": {"directory": str(record_dir)}},
     ]
@@ -44,7 +45,7 @@ def overlay(path: Path, record_dir: Path, kill_at: int | None) -> Path:
                 "denoiser": {"init_args": {"dropout": 0.1}},  # dropout draws from the RNG too
                 "schedule": {
                     "class_path": "lightning_diffusion.schedules.AdaptiveSchedule",
-                    "init_args": {"num_steps": 20, "max_length": 40, "num_bins": 5},
+                    "init_args": {"num_steps": 20, "max_length": 40, "num_bins": 5, "refit_every": 3, "refit_warmup": 3},
                 },
                 "timestep_sampler": {
                     "class_path": "lightning_diffusion.timesteps.LossAwareTimestepSampler",
@@ -128,5 +129,11 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path: P
     assert_same_state(final, reference_final)
     history = final["current_model_state"]["timestep_sampler.history_count"]
     assert int(history.sum()) == sum(len(row["index"]) for row in expected.values())  # nothing lost or doubled
-    # The refit callback ran after the resume and the EMA kept averaging from its restored state.
-    assert final["callbacks"]["AdaptiveScheduleRefit"]["refits"] == MAX_STEPS // 3
+    # The schedule kept refitting after the resume (steps 3, 6 before the crash; 9, 12, 15 after), and the EMA
+    # weights ("state_dict") hold the same refit table as the live weights.
+    live, ema = final["current_model_state"], final["state_dict"]
+    assert int(live["schedule.train_steps"]) == MAX_STEPS and int(live["schedule.refits"]) == MAX_STEPS // 3
+    assert torch.equal(ema["schedule.alpha_bar_table"], live["schedule.alpha_bar_table"])
+    assert torch.equal(ema["schedule.refits"], live["schedule.refits"])
+    initial = AdaptiveSchedule(num_steps=20, max_length=40, num_bins=5).alpha_bar_table
+    assert not torch.equal(live["schedule.alpha_bar_table"], initial)

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from lightning_diffusion.denoisers.base import Denoiser
-from lightning_diffusion.samplers import AncestralSampler, DDIMSampler, nearest_embedding, respaced_steps
+from lightning_diffusion.samplers import (
+    AncestralSampler,
+    DDIMSampler,
+    nearest_embedding,
+    respaced_steps,
+    round_to_tokens,
+)
+from lightning_diffusion.samplers.rounding import default_chunk_rows
 from lightning_diffusion.schedules import CosineSchedule, NoiseSchedule, SqrtSchedule
 from lightning_diffusion.types import Conditioning
 
@@ -106,6 +113,122 @@ def test_nearest_embedding_matches_brute_force():
     x = torch.randn(3, 7, 5, generator=g) * 2
     idx = torch.cdist(x.reshape(-1, 5), table).argmin(-1)
     assert torch.equal(nearest_embedding(x, table), table[idx].view(3, 7, 5))
+
+
+# ---------------------------------------------------------------- chunked clamping and rounding
+
+CHUNKS = [1, 2, 3, 5, 7, 20, 21, 22, 1000, None]
+
+
+class TableDenoiser(Denoiser):
+    """A denoiser that is only its embedding table (for rounding); records the shapes ``logits`` gets."""
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__(table.shape[0], table.shape[1])
+        with torch.no_grad():
+            self.word_embedding.weight.copy_(table)
+        self.logit_shapes: list[tuple[int, ...]] = []
+
+    def logits(self, z: Tensor) -> Tensor:
+        self.logit_shapes.append(tuple(z.shape))
+        return super().logits(z)
+
+    def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:
+        raise NotImplementedError
+
+    def forward(self, z_t, t, cond, tgt_mask=None, self_cond=None):
+        raise NotImplementedError
+
+
+def _unchunked_nearest(x: Tensor, table: Tensor) -> Tensor:
+    """The former one-shot clamping: ``[B, L, V]`` scores at once."""
+    scores = (table**2).sum(-1) - 2.0 * torch.einsum("bld,vd->blv", x, table)
+    return table[scores.argmin(-1)]
+
+
+def _tie_table_and_points() -> tuple[Tensor, Tensor]:
+    """Integer table (exact float arithmetic) with duplicate rows and points equidistant from several rows."""
+    table = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    points = torch.tensor(
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 2.0], [-1.0, 0.0], [1.0, 2.0], [0.0, 0.0], [3.0, 1.0]]
+    )
+    return table, points.repeat(5, 1).view(3, 15, 2)
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
+def test_nearest_embedding_chunked_equals_unchunked(chunk_rows):
+    g = torch.Generator().manual_seed(11)
+    table = torch.randn(20, 5, generator=g) * torch.rand(20, 1, generator=g) * 3
+    x = torch.randn(3, 7, 5, generator=g) * 2
+    expected = nearest_embedding(x, table, chunk_rows=10**9)
+    assert torch.equal(nearest_embedding(x, table, chunk_rows=chunk_rows), expected)
+    assert torch.equal(expected, _unchunked_nearest(x, table))
+    idx = torch.cdist(x.reshape(-1, 5), table).argmin(-1)
+    assert torch.equal(expected, table[idx].view(3, 7, 5))
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
+def test_nearest_embedding_ties_go_to_the_first_index(chunk_rows):
+    table, x = _tie_table_and_points()
+    scores = (table**2).sum(-1) - 2.0 * torch.einsum("bld,vd->blv", x, table)
+    idx = scores.argmin(-1)
+    assert (scores.min(-1).values[..., None] == scores).sum(-1).max() >= 3  # real ties, exactly equal
+    assert torch.equal(nearest_embedding(x, table, chunk_rows), table[idx])
+    assert torch.equal(nearest_embedding(x[0, :2], table, chunk_rows), table[idx[0, :2]])  # any leading shape
+    # [1, 0] is as far from [0, 0] as from [2, 0]: the first row wins
+    assert nearest_embedding(torch.tensor([[[1.0, 0.0]]]), table, chunk_rows).tolist() == [[[0.0, 0.0]]]
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
+def test_round_to_tokens_chunked_equals_unchunked(chunk_rows):
+    g = torch.Generator().manual_seed(12)
+    den = TableDenoiser(torch.randn(50, D, generator=g))
+    z = torch.randn(3, 11, D, generator=g)
+    expected = den.logits(z).argmax(-1)
+    den.logit_shapes.clear()
+    ids = round_to_tokens(den, z, chunk_rows)
+    assert ids.shape == (3, 11) and ids.dtype == torch.long
+    assert torch.equal(ids, expected)
+    rows = default_chunk_rows(50) if chunk_rows is None else chunk_rows
+    assert den.logit_shapes == [(1, min(rows, 33 - start), D) for start in range(0, 33, rows)]
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
+def test_round_to_tokens_ties_go_to_the_first_index(chunk_rows):
+    table, z = _tie_table_and_points()
+    den = TableDenoiser(table)
+    logits = den.logits(z)
+    assert (logits.max(-1).values[..., None] == logits).sum(-1).max() >= 2  # duplicate rows tie exactly
+    assert torch.equal(round_to_tokens(den, z, chunk_rows), logits.argmax(-1))
+
+
+def test_chunk_rows_default_and_validation():
+    assert default_chunk_rows(32000) == 524  # 64 MiB of float32 scores
+    assert default_chunk_rows(32000, element_size=2) == 1048
+    assert default_chunk_rows(10**9) == 1
+    table = torch.eye(4)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        nearest_embedding(torch.zeros(1, 2, 4), table, chunk_rows=0)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        round_to_tokens(TableDenoiser(table), torch.zeros(1, 2, 4), chunk_rows=-1)
+    assert nearest_embedding(torch.zeros(0, 3, 4), table).shape == (0, 3, 4)
+    assert round_to_tokens(TableDenoiser(table), torch.zeros(0, 3, 4)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("sampler_cls", [DDIMSampler, AncestralSampler])
+def test_sampler_chunk_rows_does_not_change_the_result(sampler_cls, true_ids):
+    sched = CosineSchedule(50)
+    offset = 2.0 * torch.randn(2, 4, D, generator=torch.Generator().manual_seed(13))  # large: clamping matters
+    outs = []
+    for chunk_rows in (None, 1, 3, 10**9):
+        sampler = sampler_cls(steps=4, clamp=True)
+        assert sampler.chunk_rows is None
+        sampler.chunk_rows = chunk_rows
+        den = FakeDenoiser(true_ids, offset)
+        outs.append(sampler.sample(den, sched, _cond(2), 4, generator=torch.Generator().manual_seed(0)))
+    for out in outs[1:]:
+        assert torch.equal(out.latents, outs[0].latents) and torch.equal(out.token_ids, outs[0].token_ids)
+    assert sampler_cls.chunk_rows is None  # set on instances only
 
 
 # ---------------------------------------------------------------- single updates

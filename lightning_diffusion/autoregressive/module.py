@@ -12,14 +12,11 @@ from torch import Tensor
 
 from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
 from lightning_diffusion.autoregressive.search import GreedySearch, Search
-from lightning_diffusion.data.tokenizer import SPECIAL_TOKENS, special_ids
+from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.types import Seq2SeqBatch
 
 _INJECTED = ["network", "search", "optimizer", "lr_scheduler"]
-
-# Ids of the library's trained tokenizers, used while no tokenizer is attached.
-_DEFAULT_IDS = {name: SPECIAL_TOKENS.index(token) for name, token in (("pad", "<pad>"), ("bos", "<s>"), ("eos", "</s>"))}
 
 
 class AutoregressiveLM(Seq2SeqModule):
@@ -66,7 +63,7 @@ class AutoregressiveLM(Seq2SeqModule):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.network = network(vocab_size)
-        self.search = search if search is not None else GreedySearch()
+        self.decoding = Decoding(search=search if search is not None else GreedySearch())
         self.label_smoothing = label_smoothing
         self.max_length = max_length
         self.length_ratio = length_ratio
@@ -76,23 +73,19 @@ class AutoregressiveLM(Seq2SeqModule):
     def vocab_size(self) -> int:
         return self.network.vocab_size
 
-    # ------------------------------------------------------------------ special ids
     @property
-    def pad_id(self) -> int:
-        return special_ids(self.tokenizer).pad if self.tokenizer is not None else _DEFAULT_IDS["pad"]
+    def search(self) -> Search:
+        """The default decoding's search (read-only: pass another ``Decoding`` to change it)."""
+        assert self.decoding.search is not None
+        return self.decoding.search
 
-    @property
-    def eos_id(self) -> int:
-        """The EOS the data module appends to targets (the SEP token when the tokenizer has no EOS)."""
-        return special_ids(self.tokenizer).eos if self.tokenizer is not None else _DEFAULT_IDS["eos"]
-
-    @property
-    def bos_id(self) -> int:
-        """The decoder's start token: the tokenizer's BOS, else its EOS (as fairseq starts decoding)."""
-        if self.tokenizer is None:
-            return _DEFAULT_IDS["bos"]
-        bos = self.tokenizer.bos_token_id
-        return int(bos) if bos is not None else self.eos_id
+    def check_decoding(self, decoding: Decoding) -> Decoding:
+        if decoding.search is None:
+            raise DecodingError(
+                f"decoding: {type(self).__name__} decodes left to right with a search (greedy or beam); sampling "
+                f"steps, samplers and noise or length beams apply to diffusion models"
+            )
+        return decoding
 
     # ------------------------------------------------------------------ training
     def compute_losses(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
@@ -106,7 +99,7 @@ class AutoregressiveLM(Seq2SeqModule):
         if batch.tgt_ids is None or batch.tgt_mask is None:
             raise ValueError("training and validation batches need targets")
         target, mask = batch.tgt_ids, batch.tgt_mask
-        bos = torch.full_like(target[:, :1], self.bos_id)
+        bos = torch.full_like(target[:, :1], self.special_ids.bos)
         prev_ids = torch.cat([bos, target[:, :-1]], dim=1)
         cond = self.network.encode(batch.src_ids, batch.src_mask)
         logits = self.network(prev_ids, cond)
@@ -148,17 +141,29 @@ class AutoregressiveLM(Seq2SeqModule):
         return lengths.clamp(1, cap)
 
     @torch.no_grad()
-    def generate(self, src_ids: Tensor, src_mask: Tensor, generator: torch.Generator | None = None) -> Generation:
-        """Decode ``B`` sources ``[B, S]``: encode once, then search with the KV cache (``generator`` is unused:
-        the searches are deterministic)."""
+    def generate(
+        self,
+        src_ids: Tensor,
+        src_mask: Tensor,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        decoding: Decoding | None = None,
+    ) -> Generation:
+        """Decode ``B`` sources ``[B, S]``: encode once, then search with the KV cache. ``generator`` and
+        ``on_step`` are unused: the searches are deterministic and have no sampling steps."""
+        decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
+        assert decoding.search is not None
+        ids = self.special_ids
         cond = self.network.encode(src_ids, src_mask)
-        out = self.search.search(self.network, cond, self.bos_id, self.eos_id, self.pad_id, self.max_lengths(src_mask))
-        return Generation(texts=self.decode_ids(out.token_ids), nfe=out.steps, candidates=self.search.beam_size)
+        out = decoding.search.search(self.network, cond, ids.bos, ids.eos, ids.pad, self.max_lengths(src_mask))
+        return Generation(texts=self.decode_ids(out.token_ids), nfe=out.steps, candidates=decoding.search.beam_size)
 
-    def decoding_settings(self) -> str:
+    def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with."""
+        search = self.check_decoding(decoding if decoding is not None else self.decoding).search
+        assert search is not None
         return (
-            f"{self.search.describe()}, max length min({self.max_length}, ceil({self.length_ratio:g} x source length) "
+            f"{search.describe()}, max length min({self.max_length}, ceil({self.length_ratio:g} x source length) "
             f"+ {self.length_offset}) tokens, NFE = decoder steps (KV cache; encoder run once per source"
-            f"{', beams decoded in one batch' if self.search.beam_size > 1 else ''})"
+            f"{', beams decoded in one batch' if search.beam_size > 1 else ''})"
         )

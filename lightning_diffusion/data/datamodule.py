@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 from lightning_diffusion.data.batching import TokenBudgetBatchSampler
 from lightning_diffusion.data.jsonl import read_examples
 from lightning_diffusion.data.loader import ResumableDataLoader
-from lightning_diffusion.data.tokenizer import resolve_tokenizer, special_ids, tokenizer_fingerprint
+from lightning_diffusion.data.tokenizer import SpecialIds, resolve_tokenizer, special_ids, tokenizer_fingerprint
 from lightning_diffusion.types import Seq2SeqBatch
 
 log = logging.getLogger("lightning_diffusion")
@@ -105,6 +105,12 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
     The tokenizer, ``vocab_size``, ``pad_id``, ``eos_id``, ``sep_id`` and ``tokenizer_fingerprint`` are
     available right after construction (before ``setup``): the tokenizer is resolved on first access.
 
+    Candidates per source: a model that decodes each source as ``n`` candidates (length beam x noise beam)
+    decodes ``n`` times the tokens of its batch. ``set_candidates_per_source(n)`` (default 1) divides the
+    validation/test/prediction budget by ``n``: loaders built after the call cut batches of at most
+    ``max(1, eval_max_tokens // n)`` tokens (an example longer than that is a batch of its own; nothing is
+    dropped, order is kept). The training budget is not changed.
+
     Distributed training: the loaders use a custom batch sampler that shards batches across ranks itself,
     so run the Trainer with ``use_distributed_sampler=False`` (Lightning 2.6 cannot inject its
     DistributedSampler into a custom batch sampler and raises a TypeError otherwise). Evaluation and
@@ -134,7 +140,8 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         max_src_len: sources are truncated to this many tokens (the count of truncated ones is reported).
         max_tgt_len: targets are truncated to this many tokens, counting the appended EOS (count reported).
         max_tokens: token budget of a training batch: batch size * longest (source + target + EOS).
-        eval_max_tokens: budget for validation/test/prediction batches (default ``max_tokens``).
+        eval_max_tokens: budget for validation/test/prediction batches (default ``max_tokens``), divided by the
+            candidates per source (see above).
         max_eval_examples: keep only the first N validation and test examples (fast validation).
         empty_examples: what to do with pairs whose source or target is empty: ``skip`` (drop and count),
             ``keep``, or ``error``. Prediction inputs are never skipped (outputs stay aligned with inputs).
@@ -198,7 +205,9 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         self.empty_examples: Literal["skip", "keep", "error"] = empty_examples
         self.num_workers = num_workers
         self.seed = seed
+        self.candidates_per_source = 1
         self._tokenizer: PreTrainedTokenizerFast | None = None
+        self._special_ids: SpecialIds | None = None
         self._fingerprint: str | None = None
         self.datasets: dict[str, Seq2SeqDataset] = {}
 
@@ -225,16 +234,24 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         return len(self.tokenizer)
 
     @property
+    def special_ids(self) -> SpecialIds:
+        """The tokenizer's special ids (:func:`special_ids`), resolved once: the ones the models decode with."""
+        if self._special_ids is None:
+            self._special_ids = special_ids(self.tokenizer)
+        return self._special_ids
+
+    @property
     def pad_id(self) -> int:
-        return special_ids(self.tokenizer).pad
+        return self.special_ids.pad
 
     @property
     def eos_id(self) -> int:
-        return special_ids(self.tokenizer).eos
+        """The end token appended to targets: the EOS, or the SEP of a tokenizer without EOS."""
+        return self.special_ids.eos
 
     @property
     def sep_id(self) -> int:
-        return special_ids(self.tokenizer).sep
+        return self.special_ids.sep
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -331,6 +348,18 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
 
     # ----------------------------------------------------------------- loaders
 
+    def set_candidates_per_source(self, n: int) -> None:
+        """Each source is decoded as ``n >= 1`` candidates: evaluation and prediction loaders built after this
+        call use the budget ``eval_max_tokens // n`` (see :attr:`eval_batch_tokens`)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"candidates per source must be an int >= 1, got {n!r}")
+        self.candidates_per_source = n
+
+    @property
+    def eval_batch_tokens(self) -> int:
+        """Token budget of a validation/test/prediction batch: ``max(1, eval_max_tokens // candidates per source)``."""
+        return max(1, self.eval_max_tokens // self.candidates_per_source)
+
     def collate(self, examples: Sequence[TokenizedExample]) -> Seq2SeqBatch:
         """Pad examples into a :class:`Seq2SeqBatch` (see :func:`collate_examples`)."""
         return collate_examples(examples, pad_id=self.pad_id, eos_id=self.eos_id)
@@ -363,7 +392,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         num_replicas, rank = self._replicas()
         sampler = TokenBudgetBatchSampler(
             self.example_lengths(split),
-            self.max_tokens if shuffle else self.eval_max_tokens,
+            self.max_tokens if shuffle else self.eval_batch_tokens,
             shuffle=shuffle,
             seed=self.seed,
             num_replicas=num_replicas,

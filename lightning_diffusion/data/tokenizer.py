@@ -42,33 +42,58 @@ class TokenizerError(ValueError):
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """Special token ids the models need.
+    """Special token ids the data module, the models and decoding use: resolved once from the tokenizer
+    (:func:`special_ids`) so every part agrees on them.
 
     Attributes:
         pad: padding id.
-        eos: end-of-sequence id (falls back to the SEP token when the tokenizer has no EOS).
+        eos: end-of-sequence id (falls back to the SEP token when the tokenizer has no EOS): appended to targets,
+            filled past a predicted length, and where decoded hypotheses are cut.
         sep: separator id (falls back to the EOS token when the tokenizer has no SEP).
         unk: unknown-token id, or None when the tokenizer has none.
+        bos: start id of left-to-right decoding (falls back to ``eos`` when the tokenizer has no BOS, as fairseq
+            starts decoding).
     """
 
     pad: int
     eos: int
     sep: int
     unk: int | None
+    bos: int = -1
+
+    def __post_init__(self) -> None:
+        if self.bos < 0:
+            object.__setattr__(self, "bos", self.eos)
+
+    @classmethod
+    def library_default(cls) -> SpecialIds:
+        """The ids of the library's trained tokenizers (:data:`SPECIAL_TOKENS`), used while a model has no
+        tokenizer attached."""
+        return cls(
+            pad=SPECIAL_TOKENS.index(PAD_TOKEN),
+            eos=SPECIAL_TOKENS.index(EOS_TOKEN),
+            sep=SPECIAL_TOKENS.index(SEP_TOKEN),
+            unk=SPECIAL_TOKENS.index(UNK_TOKEN),
+            bos=SPECIAL_TOKENS.index(BOS_TOKEN),
+        )
 
 
 def special_ids(tok: PreTrainedTokenizerFast) -> SpecialIds:
     """The tokenizer's special ids, with the EOS/SEP fallbacks; raises TokenizerError if pad or both are missing."""
     if tok.pad_token_id is None:
         raise TokenizerError(
-            f"tokenizer {tok.name_or_path!r} has no pad token; add one (e.g. "
+            f"tokenizer {getattr(tok, 'name_or_path', '')!r} has no pad token; add one (e.g. "
             "tok.add_special_tokens({'pad_token': '<pad>'}); tok.save_pretrained(dir)) and load that directory"
         )
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+    # Optional ids read with getattr: a duck-typed tokenizer may leave out the ones it has no token for.
+    eos_id, sep_id = getattr(tok, "eos_token_id", None), getattr(tok, "sep_token_id", None)
+    eos = eos_id if eos_id is not None else sep_id
+    sep = sep_id if sep_id is not None else eos_id
     if eos is None or sep is None:
-        raise TokenizerError(f"tokenizer {tok.name_or_path!r} has neither an EOS nor a SEP token")
-    return SpecialIds(pad=tok.pad_token_id, eos=eos, sep=sep, unk=tok.unk_token_id)
+        raise TokenizerError(f"tokenizer {getattr(tok, 'name_or_path', '')!r} has neither an EOS nor a SEP token")
+    bos_id = getattr(tok, "bos_token_id", None)
+    bos = bos_id if bos_id is not None else eos
+    return SpecialIds(pad=tok.pad_token_id, eos=eos, sep=sep, unk=getattr(tok, "unk_token_id", None), bos=bos)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -7,8 +7,8 @@ from abc import ABC, abstractmethod
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_diffusion.arguments import check_at_least
 from lightning_diffusion.types import Conditioning
-from lightning_diffusion.validation import check_at_least
 
 
 class Denoiser(nn.Module, ABC):

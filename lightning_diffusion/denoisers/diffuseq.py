@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_diffusion.arguments import check_at_least
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.denoisers.layers import TimestepEmbedding, TransformerLayer
 from lightning_diffusion.types import Conditioning
-from lightning_diffusion.validation import check_at_least
 
 
 def _up_projection(in_dim: int, hidden_dim: int) -> nn.Module:

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_diffusion.arguments import check_at_least
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.denoisers.layers import TimestepEmbedding, TransformerLayer
 from lightning_diffusion.types import Conditioning
-from lightning_diffusion.validation import check_at_least
 
 
 class TransformerEncoder(nn.Module):

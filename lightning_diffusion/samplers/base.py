@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from lightning_diffusion.denoisers.base import Denoiser
+from lightning_diffusion.samplers.rounding import nearest_embedding, round_to_tokens
 from lightning_diffusion.schedules.base import NoiseSchedule
 from lightning_diffusion.types import Conditioning, SampleOutput
 
@@ -31,13 +32,6 @@ def respaced_steps(num_steps: int, steps: int) -> list[int]:
     return [*kept, 0]
 
 
-def nearest_embedding(x: Tensor, table: Tensor) -> Tensor:
-    """Clamping (Diffusion-LM): replace each vector ``[B, L, D]`` by its nearest row of ``table`` ``[V, D]``,
-    ``argmin_w ||E_w||^2 - 2 E_w . x``."""
-    scores = (table**2).sum(-1) - 2.0 * torch.einsum("bld,vd->blv", x, table)
-    return table[scores.argmin(-1)]
-
-
 class Sampler(ABC):
     """Base of the samplers: respaced loop, self-conditioning feed-back, clamping.
 
@@ -46,7 +40,14 @@ class Sampler(ABC):
         clamp: apply clamping to ``x0_hat`` before each update.
         clamp_from: first loop index (0-based, counted in sampling steps) at which clamping starts.
         noise_factor: decoding noise factor (Difformer), scales the initial noise and every injected noise.
+
+    Attributes:
+        chunk_rows: positions scored at once by clamping and by the final rounding (each builds ``[rows, V]``
+            scores); None (default) = about 64 MiB of scores per chunk. Results do not depend on it. Not a
+            constructor argument: set it on an instance (e.g. a large value to score everything at once).
     """
+
+    chunk_rows: int | None = None
 
     def __init__(self, steps: int = 20, clamp: bool = False, clamp_from: int = 0, noise_factor: float = 1.0) -> None:
         if steps < 1:
@@ -107,12 +108,12 @@ class Sampler(ABC):
             x0 = denoiser(z, t_vec, cond, tgt_mask, x0_prev if denoiser.self_conditioning else None)
             x0_prev = x0
             if table is not None and i >= self.clamp_from:
-                x0 = nearest_embedding(x0, table)
+                x0 = nearest_embedding(x0, table, self.chunk_rows)
             abar_t = schedule.alpha_bar(t_vec, length)
             abar_s = schedule.alpha_bar(torch.full_like(t_vec, s), length)
             noise = torch.randn(shape, device=device, generator=generator) if s > 0 else torch.zeros(shape, device=device)
             z = self.step(z, x0, abar_t, abar_s, noise)
             if on_step is not None:
                 on_step(i + 1, len(chain) - 1)
-        token_ids = denoiser.logits(z).argmax(-1)
+        token_ids = round_to_tokens(denoiser, z, self.chunk_rows)
         return SampleOutput(latents=z, token_ids=token_ids, nfe=len(chain) - 1)

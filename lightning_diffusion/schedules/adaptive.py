@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,13 +31,16 @@ class AdaptiveSchedule(NoiseSchedule):
     ``t``.
 
     Training records the per-token loss ``mean_D (x0_hat - z0)^2`` into sums and counts per
-    ``(t-bin, position)`` (:meth:`observe`); :meth:`refit` (called every K steps by
-    :class:`~lightning_diffusion.callbacks.AdaptiveScheduleRefit`, after the statistics are summed over
-    ranks) makes each position's mean loss monotone in ``t`` and re-interpolates
-    ``abar_new(t) = interp(L_target(t), L, abar_at_bins)`` with ``L_target`` linear in ``t`` through the first and
-    last bins' losses (at the bins' mean steps); then resets the statistics. The levels at ``t = 1`` and ``t = T``
-    are kept, so repeated refits do not shrink the noise range. Table and statistics are buffers, so every
-    checkpoint holds them and inference needs no side file.
+    ``(t-bin, position)`` (:meth:`observe`); :meth:`commit_observations`, called by the module once per
+    training step, sums them over ranks, counts the step and, every ``refit_every`` steps once ``refit_warmup``
+    steps have passed, calls :meth:`refit`. The refit makes each position's mean loss monotone in ``t`` and
+    re-interpolates ``abar_new(t) = interp(L_target(t), L, abar_at_bins)`` with ``L_target`` linear in ``t``
+    through the first and last bins' losses (at the bins' mean steps); then resets the statistics. The levels at
+    ``t = 1`` and ``t = T`` are kept, so repeated refits do not shrink the noise range.
+
+    The refit runs inside the training step, before the optimizer step, so the EMA copy (which copies buffers)
+    and every checkpoint hold the refitted table. Table, statistics and the step and refit counters are
+    buffers: checkpoints hold them, a resumed run refits at the same steps, and inference needs no side file.
 
     Args:
         num_steps: ``T``.
@@ -44,14 +48,33 @@ class AdaptiveSchedule(NoiseSchedule):
         num_bins: timestep bins of the loss statistics.
         min_count: a position is refit only when every bin has at least this many recorded tokens.
         s: the sqrt schedule's offset used for the initial table.
+        refit_every: refit interval ``K`` in training steps (SeqDiffuSeq: 1000).
+        refit_warmup: no refit before this step (the statistics keep accumulating).
     """
 
     alpha_bar_table: Tensor
     loss_sum: Tensor
     loss_count: Tensor
+    train_steps: Tensor
+    refits: Tensor
 
-    def __init__(self, num_steps: int = 2000, max_length: int = 128, num_bins: int = 100, min_count: int = 1, s: float = 1e-4) -> None:
+    def __init__(
+        self,
+        num_steps: int = 2000,
+        max_length: int = 128,
+        num_bins: int = 100,
+        min_count: int = 1,
+        s: float = 1e-4,
+        refit_every: int = 1000,
+        refit_warmup: int = 1000,
+    ) -> None:
         super().__init__(num_steps)
+        if refit_every < 1:
+            raise ValueError(f"AdaptiveSchedule: refit_every must be >= 1, got {refit_every}")
+        if refit_warmup < 0:
+            raise ValueError(f"AdaptiveSchedule: refit_warmup must be >= 0, got {refit_warmup}")
+        self.refit_every = refit_every
+        self.refit_warmup = refit_warmup
         self.max_length = max_length
         self.num_bins = min(num_bins, num_steps)
         self.min_count = min_count
@@ -61,6 +84,9 @@ class AdaptiveSchedule(NoiseSchedule):
         self.register_buffer("loss_count", torch.zeros(self.num_bins, max_length, dtype=torch.float64))
         # This step's observations, not yet added to the statistics (see commit_observations).
         self.register_buffer("pending", torch.zeros(2, self.num_bins, max_length, dtype=torch.float64), persistent=False)
+        # Training steps committed and refits done (scalars): a resumed run refits at the same steps.
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("refits", torch.zeros((), dtype=torch.long))
 
     def _columns(self, length: int, device: torch.device) -> Tensor:
         return torch.arange(length, device=device).clamp(max=self.max_length - 1)
@@ -88,15 +114,21 @@ class AdaptiveSchedule(NoiseSchedule):
     def commit_observations(self, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> None:
         """Add the pending observations to ``loss_sum``/``loss_count``, summed over ranks by ``all_reduce_sum``
         (one collective of ``[2, bins, max_length]``), so every rank (and every checkpoint) holds the
-        statistics of the whole global batch."""
+        statistics of the whole global batch; count the training step and :meth:`refit` on step ``n`` when
+        ``n >= refit_warmup`` and ``n % refit_every == 0`` (every rank the same table)."""
+        step = int(self.train_steps) + 1  # one scalar read per step, before the collective is queued
         pending = self.pending if all_reduce_sum is None else all_reduce_sum(self.pending)
         self.loss_sum.add_(pending[0])
         self.loss_count.add_(pending[1])
         self.pending.zero_()
+        self.train_steps.fill_(step)
+        if step >= self.refit_warmup and step % self.refit_every == 0:
+            self.refit()
 
     @torch.no_grad()
     def refit(self) -> int:
-        """Refit every position whose bins all hold ``min_count`` tokens; reset the statistics.
+        """Refit every position whose bins all hold ``min_count`` tokens; reset the statistics; count the refit
+        in ``refits``. Training calls it from :meth:`commit_observations`.
 
         Returns the number of positions refit.
         """
@@ -129,7 +161,17 @@ class AdaptiveSchedule(NoiseSchedule):
             refit += 1
         self.loss_sum.zero_()
         self.loss_count.zero_()
+        self.refits.add_(1)
         return refit
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints from before the schedule counted its own steps and refits load with both counters at 0.
+        for name in ("train_steps", "refits"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
-        return f"num_steps={self.num_steps}, max_length={self.max_length}, num_bins={self.num_bins}"
+        return (
+            f"num_steps={self.num_steps}, max_length={self.max_length}, num_bins={self.num_bins}, "
+            f"refit_every={self.refit_every}, refit_warmup={self.refit_warmup}"
+        )

@@ -44,7 +44,9 @@ def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
 def test_special_tokens(tok: PreTrainedTokenizerFast) -> None:
     ids = [tok.convert_tokens_to_ids(t) for t in ["<pad>", "<unk>", "<s>", "</s>", "<sep>"]]
     assert ids == [0, 1, 2, 3, 4]
-    assert special_ids(tok) == tokenizer_module.SpecialIds(pad=0, eos=3, sep=4, unk=1)
+    assert special_ids(tok) == tokenizer_module.SpecialIds(pad=0, eos=3, sep=4, unk=1, bos=2)
+    assert special_ids(tok) == tokenizer_module.SpecialIds.library_default()
+    assert tokenizer_module.SpecialIds(pad=0, eos=3, sep=4, unk=1).bos == 3  # no BOS: decoding starts at the EOS
     assert len(tok) <= 300
 
 

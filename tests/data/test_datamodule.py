@@ -194,6 +194,57 @@ def test_max_eval_examples(files: dict[str, str], caplog: pytest.LogCaptureFixtu
     assert "using the first 2 of 5 examples (max_eval_examples)" in caplog.text
 
 
+def _padded_tokens(batch: Seq2SeqBatch) -> int:
+    """The batching cost: batch size * longest (source + target + EOS)."""
+    assert batch.tgt_mask is not None
+    return len(batch) * int((batch.src_mask.sum(1) + batch.tgt_mask.sum(1)).max())
+
+
+def test_candidates_per_source_divide_the_eval_budget(files: dict[str, str], tmp_path: Path) -> None:
+    many = write_pairs(tmp_path / "many.jsonl", PAIRS * 4)
+    budget = 300
+    dm1 = make_dm(files, val_file=many, test_file=many, predict_file=many, eval_max_tokens=budget)
+    dm3 = make_dm(files, val_file=many, test_file=many, predict_file=many, eval_max_tokens=budget)
+    assert dm1.candidates_per_source == 1 and dm1.eval_batch_tokens == budget
+    dm3.set_candidates_per_source(3)
+    assert dm3.candidates_per_source == 3 and dm3.eval_batch_tokens == budget // 3
+    for name in ("val_dataloader", "test_dataloader", "predict_dataloader"):
+        one, three = list(getattr(dm1, name)()), list(getattr(dm3, name)())
+        # nothing dropped, the same (length-sorted) order
+        order = [i for b in one for i in b.index.tolist()]
+        assert sorted(order) == list(range(len(PAIRS) * 4))
+        assert [i for b in three for i in b.index.tolist()] == order
+        assert all(_padded_tokens(b) <= budget for b in one)
+        assert all(_padded_tokens(b) <= budget // 3 or len(b) == 1 for b in three)
+        per_batch_one = sum(map(_padded_tokens, one)) / len(one)
+        per_batch_three = sum(map(_padded_tokens, three)) / len(three)
+        assert 0.2 < per_batch_three / per_batch_one < 0.45, (per_batch_one, per_batch_three)
+        assert len(three) >= 2.5 * len(one)
+    # training batches keep the training budget
+    train1 = [b.index.tolist() for b in dm1.train_dataloader()]
+    assert [b.index.tolist() for b in dm3.train_dataloader()] == train1
+
+
+def test_candidates_per_source_at_least_one_sentence_per_batch(files: dict[str, str]) -> None:
+    dm = make_dm(files, eval_max_tokens=40)
+    before = list(dm.val_dataloader())
+    dm.set_candidates_per_source(1000)  # budget 40 // 1000 -> 1 token: one example per batch
+    assert dm.eval_batch_tokens == 1
+    batches = list(dm.val_dataloader())
+    assert [len(b) for b in batches] == [1] * 5
+    assert [i for b in batches for i in b.index.tolist()] == [i for b in before for i in b.index.tolist()]
+    dm.set_candidates_per_source(1)
+    assert [b.index.tolist() for b in dm.val_dataloader()] == [b.index.tolist() for b in before]
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "3", True, None])
+def test_candidates_per_source_is_validated(files: dict[str, str], bad: Any) -> None:
+    dm = make_dm(files)
+    with pytest.raises(ValueError, match="candidates per source"):
+        dm.set_candidates_per_source(bad)
+    assert dm.candidates_per_source == 1
+
+
 def test_empty_examples_policy(files: dict[str, str], tmp_path: Path) -> None:
     train = write_pairs(tmp_path / "gappy.jsonl", PAIRS + [("Empty target.", " ")])
     dm = make_dm(files, train_file=train)

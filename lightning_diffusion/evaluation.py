@@ -1,0 +1,112 @@
+"""Scoring decoded rows: sacreBLEU, ROUGE and output-health counts, returned as a typed report.
+
+Used by validation and test (printed, logged and kept by :class:`~lightning_diffusion.callbacks.ValidationHistory`
+and :class:`~lightning_diffusion.callbacks.SampleTextLogger`) and by the benchmarks, so every score a user sees is
+computed and worded the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lightning_diffusion.metrics import corpus_bleu, rouge
+
+REPLACEMENT_CHARACTER = "\ufffd"
+_REPEAT = re.compile(r"(?<!\S)(\S+)(?:\s+\1)+(?!\S)")
+
+
+def has_repeat(text: str) -> bool:
+    """Whether a word (whitespace-separated) appears twice or more back to back (``"auf auf"``)."""
+    return _REPEAT.search(text) is not None
+
+
+@dataclass
+class EvaluationReport:
+    """Scores of one decoded split, with the settings that produced them.
+
+    Attributes:
+        stage: ``val``, ``test`` or a benchmark's name.
+        step: training step of the weights.
+        bleu: corpus sacreBLEU on detokenized text; signature: its sacreBLEU signature.
+        rouge1, rouge2, rougeL: ROUGE F1 x 100 (rouge-score, stemmed).
+        sentences: hypotheses scored.
+        empty: hypotheses that are empty (or whitespace) while their source is not.
+        replacement_chars: hypotheses containing U+FFFD (orphan byte tokens decoded on their own).
+        repeats: hypotheses with a word repeated back to back.
+        settings: the decoding settings in words.
+        samples: the first rows ``{"index", "source", "hypothesis", "reference"}``.
+    """
+
+    stage: str
+    step: int
+    bleu: float
+    signature: str
+    rouge1: float
+    rouge2: float
+    rougeL: float  # noqa: N815 (the metric's name)
+    sentences: int
+    empty: int
+    replacement_chars: int
+    repeats: int
+    settings: str
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self, samples: bool = True) -> dict[str, Any]:
+        data = asdict(self)
+        if not samples:
+            data.pop("samples")
+        return data
+
+    def health(self) -> str:
+        """``"empty 0, U+FFFD 2, repeated words 14 of 300 hypotheses"``."""
+        return (
+            f"empty {self.empty}, U+FFFD {self.replacement_chars}, repeated words {self.repeats} "
+            f"of {self.sentences} hypotheses"
+        )
+
+    def format(self, when: str) -> str:
+        """The lines printed after an evaluation: scores, health counts, settings, signature and samples."""
+        lines = [
+            f"[{self.stage} @ {when}] BLEU {self.bleu:.2f} | ROUGE-1/2/L {self.rouge1:.1f}/{self.rouge2:.1f}/"
+            f"{self.rougeL:.1f} (F1 x100) | {self.sentences} sentences",
+            f"  outputs: {self.health()}",
+            f"  decoding: {self.settings}",
+            f"  sacreBLEU signature: {self.signature}",
+        ]
+        for row in self.samples:
+            lines += [f"  src: {row['source']}", f"  hyp: {row['hypothesis']}", f"  ref: {row.get('reference', '')}", ""]
+        return "\n".join(lines).rstrip()
+
+
+def evaluate(
+    rows: Sequence[dict[str, Any]], settings: str, stage: str = "test", step: int = 0, samples: int = 3
+) -> EvaluationReport:
+    """Score rows ``{"source", "hypothesis", "reference"}`` (each with one reference) into a report."""
+    missing = [i for i, row in enumerate(rows) if "reference" not in row]
+    if missing:
+        raise ValueError(f"cannot score: {len(missing)} rows have no reference (first at row {missing[0]})")
+    hyps = [row["hypothesis"] for row in rows]
+    refs = [row["reference"] for row in rows]
+    bleu = corpus_bleu(hyps, refs)
+    scores = rouge(hyps, refs, keys=("rouge1", "rouge2", "rougeL"))
+    return EvaluationReport(
+        stage=stage,
+        step=step,
+        bleu=float(bleu.score),
+        signature=bleu.signature,
+        rouge1=float(scores["rouge1"]),
+        rouge2=float(scores["rouge2"]),
+        rougeL=float(scores["rougeL"]),
+        sentences=len(rows),
+        empty=sum(1 for row in rows if not row["hypothesis"].strip() and row["source"].strip()),
+        replacement_chars=sum(1 for h in hyps if REPLACEMENT_CHARACTER in h),
+        repeats=sum(1 for h in hyps if has_repeat(h)),
+        settings=settings,
+        samples=[dict(row) for row in rows[:samples]],
+    )
+
+
+__all__ = ["EvaluationReport", "evaluate", "has_repeat"]
