@@ -17,7 +17,12 @@ from transformers import PreTrainedTokenizerFast
 from lightning_diffusion.data.batching import TokenBudgetBatchSampler
 from lightning_diffusion.data.jsonl import read_examples
 from lightning_diffusion.data.loader import ResumableDataLoader
-from lightning_diffusion.data.tokenizer import SpecialIds, resolve_tokenizer, special_ids, tokenizer_fingerprint
+from lightning_diffusion.data.tokenizer import (
+    SpecialIds,
+    resolve_tokenizer,
+    special_ids,
+    tokenizer_fingerprint,
+)
 from lightning_diffusion.types import Seq2SeqBatch
 
 log = logging.getLogger("lightning_diffusion")
