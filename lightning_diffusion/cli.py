@@ -33,7 +33,7 @@ from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
-DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search")
+DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search", "collapse_repeats")
 
 COMMANDS = {
     "fit": "train a model from a recipe (-c recipes/<family>/<dataset>.yaml); resume with --ckpt_path",
@@ -101,6 +101,7 @@ class LightningDiffusionCLI(LightningCLI):
         parser.add_argument("--decoding.length_beam", type=int | None, default=None, help=f"lengths tried per source, {what}")
         parser.add_argument("--decoding.noise_beam", type=int | None, default=None, help=f"noise samples per length, {what}")
         parser.add_argument("--decoding.search", type=Search | None, default=None, help=f"autoregressive search (GreedySearch, BeamSearch), {what}")
+        parser.add_argument("--decoding.collapse_repeats", type=bool | None, default=None, help="collapse runs of the same token into one before detokenizing (post-process, reported with the settings)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._argv = list(args) if isinstance(args, (list, tuple)) else list(sys.argv[1:]) if args is None else []

@@ -91,6 +91,8 @@ class Decoding:
         search: the autoregressive search (greedy, beam); None for diffusion models.
         num_steps: the diffusion chain length ``T`` of the model's schedule (sampling steps above it are capped);
             filled in by the model.
+        collapse_repeats: post-process: collapse runs of the same token id into one (``auf auf auf`` -> ``auf``)
+            before detokenizing; off by default, reported in :meth:`describe` when on.
     """
 
     sampler: Sampler | None = None
@@ -99,6 +101,7 @@ class Decoding:
     selection: CandidateSelection = field(default_factory=MBRSelection)
     search: Search | None = None
     num_steps: int | None = None
+    collapse_repeats: bool = False
 
     def __post_init__(self) -> None:
         for name in ("length_beam", "noise_beam"):
@@ -170,12 +173,21 @@ class Decoding:
     def describe(self) -> str:
         """The settings in words, e.g. ``DDIMSampler(steps=20, ...), length beam 3 x noise beam 1, MBR ...,
         NFE 20``."""
+        collapsed = ", consecutive repeated tokens collapsed" if self.collapse_repeats else ""
         if self.search is not None:
-            return f"{self.search.describe()}, NFE = decoder steps (KV cache)"
+            return f"{self.search.describe()}{collapsed}, NFE = decoder steps (KV cache)"
         assert self.sampler is not None
         beams = f"length beam {self.length_beam} x noise beam {self.noise_beam}"
         chosen = f", {self.selection.describe()} over the {self.candidates} candidates" if self.candidates > 1 else ""
-        return f"{self.sampler.describe()}, {beams}{chosen}, NFE {self.nfe} per candidate (candidates decoded in one batch)"
+        return (
+            f"{self.sampler.describe()}, {beams}{chosen}{collapsed}, NFE {self.nfe} per candidate "
+            "(candidates decoded in one batch)"
+        )
+
+
+def collapse_repeats(ids: list[int]) -> list[int]:
+    """``ids`` with every run of the same id reduced to one: ``[5, 5, 7, 5, 5, 5] -> [5, 7, 5]``."""
+    return [token for i, token in enumerate(ids) if i == 0 or token != ids[i - 1]]
 
 
 def is_empty_source(text: str, length: int) -> bool:
@@ -245,6 +257,7 @@ __all__ = [
     "Decoding",
     "DecodingError",
     "carry_over_sampler",
+    "collapse_repeats",
     "constructor_options",
     "decode_batch",
     "is_empty_source",

@@ -62,6 +62,7 @@ def decoding_from_flags(
     sampler: Callable[[int], Sampler] | None = None,
     length_beam: int | None = None,
     noise_beam: int | None = None,
+    collapse_repeats: bool | None = None,
 ) -> tuple[Decoding, list[str]]:
     """The model's own :class:`Decoding` with the flags applied by ``replace`` (the model is not changed).
 
@@ -79,6 +80,8 @@ def decoding_from_flags(
         if given[flag] is not None and given[flag] < 1:  # type: ignore[operator]
             raise GenerateError(f"{flag} must be >= 1, got {given[flag]}")
     current = module.decoding
+    if collapse_repeats is not None:
+        current = current.replace(collapse_repeats=collapse_repeats)
     used = [flag for flag, value in given.items() if value is not None]
     if current.sampler is None:
         if used:
@@ -268,6 +271,7 @@ def generate(
     device: str | None = None,
     progress: Literal["auto", "always", "never"] = "auto",
     output: str | None = None,
+    collapse_repeats: bool | None = None,
 ) -> None:
     """Translate or summarize text with a trained model: hypotheses on stdout (one line per input line, input order).
 
@@ -294,6 +298,8 @@ def generate(
         progress: bar over the diffusion steps on stderr: ``auto`` (stderr is a terminal and a batch samples for
             more than a second), ``always`` or ``never``.
         output: also write JSONL rows ``{"source", "hypothesis", "nfe", "candidates"}`` here (``nfe`` per candidate).
+        collapse_repeats: collapse runs of the same token into one before detokenizing (a post-process against
+            repeated words; reported with the decoding settings; default: the model's, off).
     """
     try:
         _run(
@@ -310,6 +316,7 @@ def generate(
             device,
             progress,
             output,
+            collapse_repeats,
         )
     except (GenerateError, TokenizerError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -333,6 +340,7 @@ def _run(
     device: str | None,
     progress: Literal["auto", "always", "never"],
     output: str | None,
+    collapse_repeats: bool | None = None,
 ) -> None:
     for flag, value in (("--batch_size", batch_size), ("--max_src_len", max_src_len)):
         if value is not None and value < 1:
@@ -341,7 +349,7 @@ def _run(
     if not Path(model).exists():
         raise CheckpointError(f"{model}: no such export directory or checkpoint file")
     module = load_pretrained(model, tokenizer, map_location=resolved)
-    decoding, notes = decoding_from_flags(module, steps, sampler, length_beam, noise_beam)
+    decoding, notes = decoding_from_flags(module, steps, sampler, length_beam, noise_beam, collapse_repeats)
     seed = module.decode_seed if seed is None else seed
     max_src_len = trained_max_src_len(model) if max_src_len is None else max_src_len
     step_note = f", trained {module.checkpoint_step} steps" if module.checkpoint_step is not None else ""

@@ -285,7 +285,7 @@ class DiffusionLM(Seq2SeqModule):
         token_ids = out.token_ids
         if tgt_mask is not None:
             token_ids = token_ids.masked_fill(~tgt_mask, self.special_ids.eos)
-        texts = self.decode_ids(token_ids)
+        texts = self.decode_ids(token_ids, collapse=decoding.collapse_repeats)
         n = per_source
         chosen = [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
         return Generation(texts=chosen, nfe=out.nfe, candidates=n)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lightning_diffusion.checkpoints import CHECKPOINT_KEY, checkpoint_subclass
 from lightning_diffusion.data.tokenizer import SpecialIds, special_ids
-from lightning_diffusion.decoding import Decoding, decode_batch
+from lightning_diffusion.decoding import Decoding, collapse_repeats, decode_batch
 from lightning_diffusion.evaluation import EvaluationReport, evaluate
 from lightning_diffusion.gradient_guard import FiniteGradientGuard
 from lightning_diffusion.seeding import ReseededTraining
@@ -263,9 +263,9 @@ class Seq2SeqModule(ReseededTraining, FiniteGradientGuard, LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def decode_ids(self, token_ids: Tensor) -> list[str]:
+    def decode_ids(self, token_ids: Tensor, collapse: bool = False) -> list[str]:
         """Token ids ``[B, L]`` -> strings: cut at the first end token (``special_ids.eos``: the EOS, or the SEP
-        of a tokenizer without EOS), drop special tokens, detokenize."""
+        of a tokenizer without EOS), drop special tokens, collapse runs of one token when ``collapse``, detokenize."""
         if self.tokenizer is None:
             raise RuntimeError("no tokenizer attached: call attach_tokenizer() or run through a Trainer with the data module")
         end = self.special_ids.eos
@@ -273,6 +273,8 @@ class Seq2SeqModule(ReseededTraining, FiniteGradientGuard, LightningModule):
         for row in token_ids.tolist():
             if end in row:
                 row = row[: row.index(end)]
+            if collapse:
+                row = collapse_repeats(row)
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 

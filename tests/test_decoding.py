@@ -20,6 +20,7 @@ from lightning_diffusion.decoding import (
     Decoding,
     DecodingError,
     carry_over_sampler,
+    collapse_repeats,
     decode_batch,
     is_empty_source,
 )
@@ -71,6 +72,20 @@ def test_switching_sampler_class_carries_what_the_new_one_leaves_at_its_defaults
     assert isinstance(sampler, AncestralSampler)
     assert (sampler.clamp, sampler.clamp_from, sampler.noise_factor) == (True, 2, 0.9)  # the given value wins
     assert carried == {"clamp": True, "clamp_from": 2} and dropped == {"eta": 0.5}
+
+
+def test_collapse_repeats_is_an_optional_reported_post_process(trained: Any) -> None:
+    assert collapse_repeats([5, 5, 7, 5, 5, 5]) == [5, 7, 5] and collapse_repeats([]) == []
+    module = trained.model
+    tok = module.tokenizer
+    first, word = tok("I", add_special_tokens=False)["input_ids"], tok(" a", add_special_tokens=False)["input_ids"]
+    assert len(word) == 1  # one token, so its repeats are runs of one id
+    ids = torch.tensor([[*first, *word, *word, *word, module.special_ids.eos]])
+    assert module.decode_ids(ids) == ["I a a a"]
+    assert module.decode_ids(ids, collapse=True) == ["I a"]
+    on = module.decoding.replace(collapse_repeats=True)
+    assert "consecutive repeated tokens collapsed" in module.decoding_settings(on)
+    assert "collapsed" not in module.decoding_settings()
 
 
 def test_empty_sources() -> None:
@@ -224,8 +239,9 @@ def test_validate_applies_decoding_overrides_on_a_checkpoint(
     settings = changed.model.last_report.settings
     assert "DDIMSampler(steps=2" in settings and "length beam 1 x noise beam 2" in settings and "NFE 2" in settings
 
-    switched = run_cli([*base, "--decoding.sampler", "AncestralSampler"])
+    switched = run_cli([*base, "--decoding.sampler", "AncestralSampler", "--decoding.collapse_repeats", "true"])
     assert switched.model.last_report.settings.startswith("AncestralSampler(steps=3")
+    assert "consecutive repeated tokens collapsed" in switched.model.last_report.settings
 
     with pytest.raises(SystemExit, match=r"--model\.sampler\.steps: replaced by the hyperparameters stored in"):
         run_cli([*base, "--model.sampler.steps", "10"])

@@ -263,3 +263,10 @@ def test_flags_that_do_not_apply_fail_clearly(model: Model, capsys: pytest.Captu
             ["generate", str(model.export), "--sampler", "DDIMSampler", "--sampler.steps", "2", "--text+=Hi"]
         )
     assert "steps" in capsys.readouterr().err  # the sampler's steps come from --steps
+
+
+def test_collapse_repeats_flag_is_reported(model: Model, capsys: pytest.CaptureFixture[str]) -> None:
+    out, err = generate_in_process(capsys, model.export, SOURCES[0], "--collapse_repeats", "true")
+    assert len(out) == 1 and "consecutive repeated tokens collapsed" in err
+    _, plain = generate_in_process(capsys, model.export, SOURCES[0])
+    assert "collapsed" not in plain

@@ -156,14 +156,17 @@ class AutoregressiveLM(Seq2SeqModule):
         ids = self.special_ids
         cond = self.network.encode(src_ids, src_mask)
         out = decoding.search.search(self.network, cond, ids.bos, ids.eos, ids.pad, self.max_lengths(src_mask))
-        return Generation(texts=self.decode_ids(out.token_ids), nfe=out.steps, candidates=decoding.search.beam_size)
+        texts = self.decode_ids(out.token_ids, collapse=decoding.collapse_repeats)
+        return Generation(texts=texts, nfe=out.steps, candidates=decoding.search.beam_size)
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with."""
-        search = self.check_decoding(decoding if decoding is not None else self.decoding).search
+        decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
+        search = decoding.search
         assert search is not None
+        collapsed = ", consecutive repeated tokens collapsed" if decoding.collapse_repeats else ""
         return (
-            f"{search.describe()}, max length min({self.max_length}, ceil({self.length_ratio:g} x source length) "
+            f"{search.describe()}{collapsed}, max length min({self.max_length}, ceil({self.length_ratio:g} x source length) "
             f"+ {self.length_offset}) tokens, NFE = decoder steps (KV cache; encoder run once per source"
             f"{', beams decoded in one batch' if search.beam_size > 1 else ''})"
         )
