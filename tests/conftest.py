@@ -186,6 +186,19 @@ def make_tiny_overrides(
     return args + RECIPE_EXTRAS.get(_recipe_key(recipe_path) or "", [])
 
 
+def fit_tiny(root: Path, recipe: Path, data: TinyData, **options: Any) -> Any:
+    """``lightning-diffusion fit -c recipe`` made tiny (see :func:`make_tiny_overrides`), in this process, writing
+    under ``root``; returns the CLI object (for module-scoped fixtures, where ``run_cli`` is not available)."""
+    from lightning_diffusion.cli import main
+
+    overrides = make_tiny_overrides(root, recipe, data=data, **options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["lightning-diffusion"])
+        cli = main(["fit", "-c", str(recipe), *overrides])
+    assert cli is not None
+    return cli
+
+
 @pytest.fixture
 def tiny_overrides(tiny_data: TinyData) -> Callable[..., list[str]]:
     """``tiny_overrides(root, recipe=None, max_steps=2, val_check_interval=2, extra={...})`` -> CLI args."""

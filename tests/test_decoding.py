@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RECIPES_DIR, TinyData
+from conftest import RECIPES_DIR, TinyData, fit_tiny, make_tiny_overrides
 
 from benchmarks.common import decode_batches, decoding_for
 from lightning_diffusion.autoregressive import BeamSearch, GreedySearch
@@ -97,18 +97,7 @@ def test_empty_sources() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Any:
     """The quickstart recipe made tiny (length predictor, length beam 3, 3 sampling steps), 2 steps of fit."""
-    import sys
-
-    from conftest import make_tiny_overrides
-
-    from lightning_diffusion.cli import main
-
-    root = tmp_path_factory.mktemp("decoding")
-    overrides = make_tiny_overrides(root / "run", QUICKSTART, data=tiny_data, max_steps=2, val_check_interval=2)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["lightning-diffusion"])
-        cli = main(["fit", "-c", str(QUICKSTART), *overrides])
-    assert cli is not None
+    cli = fit_tiny(tmp_path_factory.mktemp("decoding") / "run", QUICKSTART, tiny_data)
     cli.model.eval()
     return cli
 
@@ -227,8 +216,6 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_validate_applies_decoding_overrides_on_a_checkpoint(
     trained: Any, tmp_path: Path, tiny_data: TinyData, run_cli: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import make_tiny_overrides
-
     (ckpt,) = Path(trained.trainer.default_root_dir).rglob("last.ckpt")
     overrides = make_tiny_overrides(tmp_path, QUICKSTART, data=tiny_data)
     base = ["validate", "-c", str(QUICKSTART), *overrides, "--ckpt_path", str(ckpt)]

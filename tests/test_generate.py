@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RECIPES_DIR, TinyData, make_tiny_overrides
+from conftest import RECIPES_DIR, TinyData, fit_tiny
 from jsonargparse import CLI
 
 from lightning_diffusion.cli import main
@@ -44,10 +44,7 @@ class Model:
 def model(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Model:
     """The quickstart recipe made tiny (3 sampling steps, length beam 3), 6 steps of fit, exported."""
     root = tmp_path_factory.mktemp("generate")
-    overrides = make_tiny_overrides(root / "run", RECIPE, data=tiny_data, max_steps=6, val_check_interval=3)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["lightning-diffusion"])
-        main(["fit", "-c", str(RECIPE), *overrides])
+    fit_tiny(root / "run", RECIPE, tiny_data, max_steps=6, val_check_interval=3)
     ckpt = next((root / "run").rglob("last.ckpt"))
     return Model(ckpt=ckpt, export=export_pretrained(ckpt, root / "export"))
 
