@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_diffusion.autoregressive.search import Search
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.decoding import DecodingError, carry_over_sampler
+from lightning_diffusion.distill import distill
 from lightning_diffusion.generate import generate
 from lightning_diffusion.pretrained import (
     METADATA_FILE,
@@ -42,6 +43,7 @@ COMMANDS = {
     "predict": "decode an input file (data.predict_file) to <run dir>/predictions.jsonl, in input order",
     "export": "write a checkpoint as a directory: config.yaml, model.safetensors, tokenizer/, export.json",
     "generate": "translate or summarize text given as arguments or on stdin, one hypothesis per line",
+    "distill": "decode a training file with a teacher into distilled {src, tgt} JSONL (resumable, with provenance)",
 }
 
 
@@ -203,7 +205,7 @@ def export(ckpt_path: str, output_dir: str, tokenizer: str | None = None) -> Non
     print(f"  predict: lightning-diffusion predict -c {out}/config.yaml --ckpt_path {out} --data.predict_file <inputs>")
 
 
-TOOLS = {"export": export, "generate": generate}
+TOOLS = {"export": export, "generate": generate, "distill": distill}
 
 
 def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:

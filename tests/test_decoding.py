@@ -210,7 +210,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         out = capsys.readouterr().out
         for name in ("fit", "validate", "test", "predict", "export", "generate"):
             assert f"\n  {name} " in out, (name, out)
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "export", "generate"}
+    assert {"fit", "validate", "test", "predict", "export", "generate"} <= set(COMMANDS)
 
 
 def test_validate_applies_decoding_overrides_on_a_checkpoint(
