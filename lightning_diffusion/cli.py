@@ -18,6 +18,7 @@ from jsonargparse import CLI
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_diffusion.autoregressive.search import Search
+from lightning_diffusion.averaging import average
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.decoding import DecodingError, carry_over_sampler
 from lightning_diffusion.distill import distill
@@ -30,6 +31,7 @@ from lightning_diffusion.pretrained import (
     export_pretrained,
     load_export_weights,
 )
+from lightning_diffusion.quiet import quiet_known_noise
 from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
@@ -44,6 +46,7 @@ COMMANDS = {
     "export": "write a checkpoint as a directory: config.yaml, model.safetensors, tokenizer/, export.json",
     "generate": "translate or summarize text given as arguments or on stdin, one hypothesis per line",
     "distill": "decode a training file with a teacher into distilled {src, tgt} JSONL (resumable, with provenance)",
+    "average": "average the weights of checkpoints (CKPT ... or --last K --dir DIR) into one, for evaluation/export",
 }
 
 
@@ -205,7 +208,7 @@ def export(ckpt_path: str, output_dir: str, tokenizer: str | None = None) -> Non
     print(f"  predict: lightning-diffusion predict -c {out}/config.yaml --ckpt_path {out} --data.predict_file <inputs>")
 
 
-TOOLS = {"export": export, "generate": generate, "distill": distill}
+TOOLS = {"export": export, "generate": generate, "distill": distill, "average": average}
 
 
 def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
@@ -215,6 +218,7 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
     calls ``sys.exit(main())``, which would print any other object and exit with status 1.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    quiet_known_noise()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return None

@@ -143,3 +143,22 @@ def test_unknown_recipe_key_fails_clearly(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "num_layerz" in proc.stderr
     assert "not accepted" in proc.stderr or "unrecognized" in proc.stderr.lower()
+
+
+def test_the_command_drops_noise_a_user_cannot_act_on(
+    tmp_path: Path, tiny_overrides: Any, run_cli: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import warnings
+
+    caplog.set_level(logging.INFO)
+    recipe = RECIPES_DIR / "quickstart.yaml"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli(["fit", "-c", str(recipe), *tiny_overrides(tmp_path, recipe)])
+        (ckpt,) = tmp_path.rglob("last.ckpt")
+        run_cli(["validate", "-c", str(recipe), *tiny_overrides(tmp_path, recipe), "--ckpt_path", str(ckpt)])
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "LeafSpec" in m or "custom batch sampler" in m or "outside the 'fit' stage" in m]
+    assert "Tip:" not in caplog.text
+    assert "[val @ step 2] BLEU" in caplog.text  # the messages that matter still arrive
