@@ -497,3 +497,65 @@ def test_programmatic_checkpoint_round_trip(tok: Any, tmp_path: Path) -> None:
     loaded = AutoregressiveLM.load_from_checkpoint(path, network=tiny_network(), search=BeamSearch(2, 0.5))
     assert loaded.max_length == 12 and loaded.hparams["vocab_size"] == len(tok)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------- EMA
+
+
+def test_ema_validates_on_the_average_keeps_ties_and_trains_on_raw_weights(tiny_datamodule: Any, tmp_path: Path) -> None:
+    """With the EMA callback (as in the recipes), validation runs on the EMA of the weights (the hand-computed
+    warm-up EMA of the raw weights after each step), training continues on the raw weights, and the tied output
+    projection stays tied to the token embedding in the module and in the EMA copy."""
+    from lightning.pytorch import Callback, Trainer
+
+    from lightning_diffusion.callbacks import EMA
+
+    decay = 0.5
+
+    class Probe(Callback):
+        def __init__(self) -> None:
+            self.raw: list[dict[str, Tensor]] = []  # parameters after each optimizer step
+            self.before_step: list[dict[str, Tensor]] = []
+            self.in_validation: dict[str, Tensor] = {}
+
+        @staticmethod
+        def params(module: Any) -> dict[str, Tensor]:
+            return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            self.before_step.append(self.params(pl_module))
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.raw.append(self.params(pl_module))
+
+        def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            if not self.in_validation:
+                self.in_validation = self.params(pl_module)
+                network = pl_module.network
+                assert network.output_proj.weight is network.token_embedding.weight
+
+    torch.manual_seed(0)
+    module = AutoregressiveLM(network=tiny_network(), vocab_size=tiny_datamodule.vocab_size, max_length=8)
+    ema, probe = EMA(decay=decay), Probe()
+    trainer = Trainer(
+        max_steps=4, val_check_interval=3, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, use_distributed_sampler=False, callbacks=[ema, probe],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=tiny_datamodule)
+    assert trainer.global_step == 4 and probe.in_validation and module.last_report is not None
+
+    # AveragedModel copies the weights on its first update, then lerps with weight 1 - min(decay, (1 + n) / (10 + n)).
+    expected = dict(probe.raw[0])
+    for n, raw in enumerate(probe.raw[1:3], start=1):
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        expected = {name: value + weight * (raw[name] - value) for name, value in expected.items()}
+    for name, value in probe.in_validation.items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+    assert any(not torch.equal(probe.in_validation[name], probe.raw[2][name]) for name in expected)
+    # Step 4 started from the raw weights of step 3, not from the average.
+    assert all(torch.equal(probe.before_step[3][name], probe.raw[2][name]) for name in expected)
+    # Ties hold in the EMA copy and in the module, which ends training with the average.
+    average = ema._average_model.module.network
+    assert average.output_proj.weight is average.token_embedding.weight
+    assert module.network.output_proj.weight is module.network.token_embedding.weight
