@@ -5,9 +5,10 @@ line), flushed after every batch; the decoding settings, the NFE, an optional pr
 to stderr, so ``cat big.txt | lightning-diffusion generate model/ > out.txt`` holds only hypotheses and keeps one
 batch in memory at a time.
 
-Randomness: batch ``k`` (input lines ``k * batch_size`` ...) is decoded with a generator seeded with
-``seed + index of its first line``, as validation seeds ``_decode_batch``. A batch's output therefore depends only
-on its own lines, the seed and ``batch_size``; the same input, seed and batch size always give the same output,
+Randomness: batch ``k`` (input lines ``k * batch_size`` ...) is decoded by
+:func:`~lightning_diffusion.decoding.decode_batch`, as in validation, with a generator seeded with
+``seed + index of its first line``. A batch's output therefore depends only on its own lines, the seed and
+``batch_size``; the same input, seed and batch size always give the same output,
 however the input arrives (arguments, a pipe, a slow terminal). A different ``batch_size`` regroups the lines, so
 the noise (and the canvas shared by a batch) differ and hypotheses of a diffusion model may differ.
 """
