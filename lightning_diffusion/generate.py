@@ -138,16 +138,65 @@ def trained_max_src_len(path: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def read_sources(texts: Iterable[str] | None, stdin: IO[str] | None = None) -> Iterator[str]:
-    """The sources, lazily: ``texts`` in order, where ``-`` (or no texts at all) reads ``stdin`` line by line."""
-    stream = stdin if stdin is not None else sys.stdin
-    items = list(texts or []) or ["-"]
-    for item in items:
-        if item == "-":
+def _valid_text(text: str) -> str | None:
+    """``text`` with undecodable input (lone surrogates, e.g. from bytes that were not UTF-8 in ``argv``) replaced
+    by U+FFFD, or None when there was nothing to replace."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+class SourceReader:
+    """The sources, lazily: ``texts`` in order, where ``-`` (or no texts at all) reads ``stdin`` line by line.
+
+    stdin is read as bytes per line (when the stream has a byte buffer) and decoded as UTF-8; a line with bytes
+    that are not UTF-8 is decoded with U+FFFD in their place and counted in :attr:`replaced`, never an error, so
+    no line (and no other line of its batch) is lost.
+    """
+
+    def __init__(self, texts: Iterable[str] | None, stdin: IO[Any] | None = None) -> None:
+        self.texts = list(texts or []) or ["-"]
+        self.stdin = stdin
+        self.replaced = 0
+
+    def _clean(self, text: str) -> str:
+        fixed = _valid_text(text)
+        if fixed is None:
+            return text
+        self.replaced += 1
+        return fixed
+
+    def _stdin_lines(self) -> Iterator[str]:
+        stream = self.stdin if self.stdin is not None else sys.stdin
+        raw = getattr(stream, "buffer", None)
+        if raw is None:  # a text stream without bytes underneath (io.StringIO)
             for line in stream:
-                yield line.rstrip("\r\n")
-        else:
-            yield item
+                yield self._clean(line.rstrip("\r\n"))
+            return
+        for line in raw:
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                text = line.decode("utf-8", errors="replace")
+                self.replaced += 1
+            yield text.rstrip("\r\n")
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self.texts:
+            if item == "-":
+                yield from self._stdin_lines()
+            else:
+                yield self._clean(item)
+
+
+def read_sources(texts: Iterable[str] | None, stdin: IO[Any] | None = None) -> Iterator[str]:
+    """The sources, lazily (see :class:`SourceReader`)."""
+    return iter(SourceReader(texts, stdin))
 
 
 def _isatty(stream: Any) -> bool:
@@ -366,16 +415,14 @@ def _run(
     stdout = sys.stdout
     if hasattr(stdout, "reconfigure") and (stdout.encoding or "").lower().replace("-", "") != "utf8":
         stdout.reconfigure(encoding="utf-8")
-    stdin = sys.stdin
-    if hasattr(stdin, "reconfigure") and (stdin.encoding or "").lower().replace("-", "") != "utf8":
-        stdin.reconfigure(encoding="utf-8", errors="replace")
+    reader = SourceReader(text, sys.stdin)
 
     jsonl = open(output, "w", encoding="utf-8") if output else None  # noqa: SIM115 (closed below)
     sentences = decoded = calls = truncated = 0
     nfe_shown = False
     began = time.perf_counter()
     try:
-        batches = generate_batches(module, read_sources(text, stdin), batch_size, seed, max_src_len, progress, decoding)
+        batches = generate_batches(module, reader, batch_size, seed, max_src_len, progress, decoding)
         for rows in batches:
             first = next((row for row in rows if row.candidates), None)
             if first is not None and not nfe_shown:  # once, before the first hypotheses
@@ -412,6 +459,7 @@ def _run(
     empty = sentences - decoded
     notes = [f"{empty} empty"] if empty else []
     notes += [f"{truncated} cut at {max_src_len} tokens"] if truncated else []
+    notes += [f"{reader.replaced} with bytes that are not UTF-8, replaced by U+FFFD"] if reader.replaced else []
     noted = f" ({', '.join(notes)})" if notes else ""
     _stderr(
         f"generated {sentences} sentence{'' if sentences == 1 else 's'}{noted} in {wall:.2f} s "

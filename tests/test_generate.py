@@ -267,3 +267,28 @@ def test_collapse_repeats_flag_is_reported(model: Model, capsys: pytest.CaptureF
     assert len(out) == 1 and "consecutive repeated tokens collapsed" in err
     _, plain = generate_in_process(capsys, model.export, SOURCES[0])
     assert "collapsed" not in plain
+
+
+def test_bytes_that_are_not_utf8_are_replaced_never_fatal(model: Model, tmp_path: Path) -> None:
+    """A line of stdin with invalid UTF-8 keeps its place (U+FFFD in the source), the other lines of its batch
+    are decoded, and stderr counts the replaced lines."""
+    data = b"Tom is here.\n\xff\xfe caf\xe9\nI felt cheated.\n"
+    proc = subprocess.run(
+        [*console_command(), "generate", str(model.export), "--batch_size", "4", "--output", str(tmp_path / "o.jsonl")],
+        input=data, capture_output=True, env=console_env(), timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert "1 with bytes that are not UTF-8, replaced by U+FFFD" in err
+    assert len(proc.stdout.decode("utf-8").splitlines()) == 3
+    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["source"] for r in records] == ["Tom is here.", "\ufffd\ufffd caf\ufffd", "I felt cheated."]
+    assert all(r["candidates"] > 0 for r in records)
+
+
+def test_source_reader_counts_replacements_in_arguments() -> None:
+    from lightning_diffusion.generate import SourceReader
+
+    reader = SourceReader(["ok", "bad \udcff byte", "lone \ud800"])
+    assert list(reader) == ["ok", "bad \ufffd byte", "lone \ufffd\ufffd\ufffd"]
+    assert reader.replaced == 2
