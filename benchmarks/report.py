@@ -81,43 +81,126 @@ def mib(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- quality
+HEALTH = (
+    ("empty_hypotheses", "empty"),
+    ("replacement_char_hypotheses", "U+FFFD"),
+    ("repeated_word_hypotheses", "repeated word (repetition rate)"),
+)
+
+
+def count_rate(ev: dict[str, Any], key: str) -> str:
+    """``"3 (0.3%)"``: an output-health count and its share of the hypotheses; ``–`` when not recorded."""
+    count = ev.get(key)
+    if count is None:
+        return "–"
+    rate = ev.get(f"{key}_rate")
+    if rate is None and ev.get("sentences"):
+        rate = count / ev["sentences"]
+    return f"{count:,} ({rate:.1%})" if rate is not None else f"{count:,}"
+
+
+def budget_text(s: dict[str, Any]) -> str:
+    """How long every system trained: CPU-minutes (current files) or wall-clock minutes (the first files)."""
+    if s.get("budget_cpu_minutes") is not None:
+        preset = f" (preset `{s['preset']}`)" if s.get("preset") and s["preset"] != "smoke" else ""
+        return (
+            f"Every system trained for {s['budget_cpu_minutes']:g} CPU-minutes{preset}: process CPU time of the "
+            f"training process (all threads) from its first training batch (tokenizer, data loading, model setup and "
+            f"snapshot saving not counted), so a busy machine does not change how much computation a system gets; "
+            f"`trainer.max_time` {s.get('max_time_minutes', 0):g} wall-clock minutes only as a safety cap; "
+            f"no validation during training"
+        )
+    return (
+        f"Every system trained for {s['budget_minutes']:g} min of wall-clock training time "
+        f"(`trainer.max_time`; tokenizer, data loading and model setup not counted; no validation during training)"
+    )
+
+
+def data_text(data: dict[str, Any]) -> list[str]:
+    """The files actually read: the test file scored (and what it is, when known) and the training file(s)."""
+    d = data["data"]
+    origin = f", {d['test_origin']}" if d.get("test_origin") else ""
+    lines = [
+        f"Test set: {d['test_examples']:,} of {d['test_examples_total']:,} examples ({d['test_selection']}) of "
+        f"`{d['test_file']}`{origin}."
+    ]
+    train = f"Training data: `{d['train_file']}`"
+    if d.get("train_examples") is not None:
+        train += f" ({d['train_examples']:,} pairs)"
+    distill = d.get("distill")
+    if distill:
+        prov = distill.get("provenance") or {}
+        made = (
+            f"teacher `{prov.get('teacher')}` (step {fmt(prov.get('teacher_step'))}), decoding {prov.get('decoding')}"
+            + (
+                ""
+                if distill.get("input_is_train_file")
+                else "; distilled from another input than the training file"
+            )
+            if prov
+            else "no provenance sidecar"
+        )
+        train += (
+            f"; the systems marked *distilled* trained on `{distill['file']}` instead ({distill['pairs']:,} pairs; "
+            f"{made})"
+        )
+    lines.append(train + ".")
+    return lines
+
+
 def quality_markdown(data: dict[str, Any]) -> str:
     kind, task, metric = data["benchmark"], data["task"], data["metric"]
-    d, s = data["data"], data["settings"]
+    s = data["settings"]
+    distilled_run = bool((data["data"].get("distill") or {}).get("file"))
     out = [
-        f"### {kind.capitalize()}: {task}",
+        f"### {kind.capitalize()}: {task}{' (distilled training data)' if distilled_run else ''}",
         "",
         data.get("note", ""),
         "",
-        f"Test set: {d['test_examples']:,} of {d['test_examples_total']:,} examples ({d['test_selection']}) of "
-        f"`{d['test_file']}`. Every system trained for {s['budget_minutes']:g} min of wall-clock training time "
-        f"(`trainer.max_time`; tokenizer, data loading and model setup not counted; no validation during training), "
+        *data_text(data),
+        f"{budget_text(s)}, "
         f"{'EMA as in the recipe' if s['ema_decay'] == 'recipe' else 'EMA decay ' + str(s['ema_decay'])}, "
         f"decoding seed {s['decode_seed']}.",
         "",
     ]
     if kind == "translation":
-        headers = ["system", "decoding", "BLEU"]
+        headers = ["system", "distilled", "decoding", "BLEU"]
     else:
-        headers = ["system", "decoding", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU"]
+        headers = ["system", "distilled", "decoding", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU"]
     headers += [
         "params",
+        "params / baseline",
         "train steps",
-        "train time (s)",
+        "train CPU (s)",
+        "train wall (s)",
         "sampling steps",
         "NFE (mean)",
         "length beam",
         "noise beam",
         "MBR size / beam",
         "decode (sentences/s)",
+        *(label for _, label in HEALTH),
     ]
-    rows, signatures, notes = [], set(), []
+    rows, signatures, notes, capped = [], set(), [], []
+    baseline = next(
+        (
+            sd.get("parameters")
+            for sd in data["systems"]
+            if sd.get("family") == "autoregressive" and sd.get("parameters")
+        ),
+        None,
+    )
     for sysd in data["systems"]:
         name = sysd["system"]
         if sysd.get("status") != "ok":
             notes.append(f"- **{name}**: {sysd.get('status')} — {why(sysd)}")
             continue
         train = sysd.get("train", {})
+        if train.get("budget_reached") is False:
+            capped.append(name)
+        ratio = sysd.get("parameters_vs_baseline")
+        if ratio is None and baseline and sysd.get("parameters"):
+            ratio = sysd["parameters"] / baseline
         for ev in sysd["evaluations"]:
             signatures.add(ev["bleu_signature"])
             scores = (
@@ -126,13 +209,19 @@ def quality_markdown(data: dict[str, Any]) -> str:
                 else [ev["rouge1"], ev["rouge2"], ev["rougeL"], ev["bleu"]]
             )
             width = ev.get("beam_size") if ev.get("beam_size") is not None else ev.get("candidates")
+            cpu = train.get("train_cpu_seconds")
             rows.append(
                 [
                     name,
+                    "yes" if sysd.get("distilled", train.get("distilled")) else "no",
                     ev["decoding"],
                     *scores,
                     sysd.get("parameters"),
+                    f"{ratio:.0%}" if ratio is not None else "–",
                     train.get("steps"),
+                    f"{fmt(cpu)} (stopped early)"
+                    if cpu is not None and train.get("budget_reached") is False
+                    else cpu,
                     train.get("train_seconds"),
                     ev.get("sampling_steps") if ev.get("sampling_steps") is not None else "– (1 per token)",
                     ev.get("nfe_mean"),
@@ -140,6 +229,7 @@ def quality_markdown(data: dict[str, Any]) -> str:
                     ev.get("noise_beam"),
                     width,
                     ev.get("sentences_per_second"),
+                    *(count_rate(ev, key) for key, _ in HEALTH),
                 ]
             )
     out.append(table(headers, rows))
@@ -151,24 +241,37 @@ def quality_markdown(data: dict[str, Any]) -> str:
     out.append(
         "NFE: network calls per candidate sequence (diffusion: sampling steps; autoregressive: generated tokens, "
         "mean over batches). MBR size / beam: candidates decoded per source (length beam x noise beam, MBR picks "
-        "one; or the beam size). Decode speed: test-set decoding with the evaluation batches, 1 process."
+        "one; or the beam size). Decode speed: test-set decoding with the evaluation batches, 1 process. "
+        "params / baseline: parameters as a share of the autoregressive baseline's. Train CPU: process CPU seconds "
+        "of training (the budget's clock); train wall: wall seconds of the same span. Output health, as count (share "
+        "of the hypotheses): empty hypotheses (of a non-empty source), hypotheses containing U+FFFD, hypotheses with "
+        "a word repeated back to back (the repetition rate)."
     )
     out.append("")
+    if capped:
+        out.append(
+            f"Stopped before the CPU budget was spent (the wall-clock cap or --max-steps): {', '.join(capped)}."
+        )
+        out.append("")
     curves = [(s_["system"], s_.get("curve") or []) for s_ in data["systems"] if s_.get("status") == "ok"]
     if any(points for _, points in curves):
         label = "BLEU" if metric == "bleu" else "ROUGE-L"
+        cpu_clock = all(p.get("cpu_seconds") is not None for _, pts in curves for p in pts)
+        clock_key, clock_name = (
+            ("cpu_seconds", "training CPU seconds") if cpu_clock else ("train_seconds", "training seconds")
+        )
         out.append(
             f"{label} against training time (first {s['curve_examples']} test examples, primary decoding):"
         )
         out.append("")
         out.append(
             table(
-                ["system", f"{label} at (training seconds, step)"],
+                ["system", f"{label} at ({clock_name}, step)"],
                 [
                     [
                         name,
                         ", ".join(
-                            f"{p[metric]:.2f} ({fmt(p['train_seconds'], 0)} s, {fmt(p['step'])})" for p in pts
+                            f"{p[metric]:.2f} ({fmt(p[clock_key], 0)} s, {fmt(p['step'])})" for p in pts
                         ),
                     ]
                     for name, pts in curves
@@ -425,25 +528,34 @@ def plot(data: dict[str, Any], results_dir: Path) -> list[Path]:
     if kind in ("translation", "summarization"):
         metric = data["metric"]
         label = "BLEU" if metric == "bleu" else "ROUGE-L (F1 x100)"
+        ok = [sd for sd in data["systems"] if sd.get("status") == "ok"]
+        cpu_clock = all(p.get("cpu_seconds") is not None for sd in ok for p in sd.get("curve") or [])
+        clock = "cpu_seconds" if cpu_clock else "train_seconds"
+        distilled = bool((data.get("data", {}).get("distill") or {}).get("file"))
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         drawn = False
-        for sysd in data["systems"]:
-            pts = [p for p in sysd.get("curve") or [] if p.get("train_seconds") is not None]
-            if sysd.get("status") == "ok" and pts:
+        for sysd in ok:
+            pts = [p for p in sysd.get("curve") or [] if p.get(clock) is not None]
+            if pts:
                 ax.plot(
-                    [p["train_seconds"] for p in pts],
+                    [p[clock] for p in pts],
                     [p[metric] for p in pts],
                     marker="o",
-                    label=sysd["system"],
+                    label=sysd["system"] + (" (distilled)" if sysd.get("distilled") else ""),
                 )
                 drawn = True
         if drawn:
-            ax.set_xlabel("training time (s, CPU)")
+            ax.set_xlabel("training time (process CPU s)" if cpu_clock else "training time (s, CPU)")
             ax.set_ylabel(f"{label}, first {data['settings']['curve_examples']} test examples")
-            ax.set_title(f"{data['task']}: {label} vs training time")
+            ax.set_title(
+                f"{data['task']}: {label} vs training time{' (distilled data)' if distilled else ''}"
+            )
             ax.grid(alpha=0.3)
             ax.legend()
-            path = results_dir / f"{metric}_vs_training_time_{data['task']}.png"
+            path = (
+                results_dir
+                / f"{metric}_vs_training_time_{data['task']}{'_distilled' if distilled else ''}.png"
+            )
             fig.tight_layout()
             fig.savefig(path, dpi=110)
             written.append(path)

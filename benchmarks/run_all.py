@@ -1,7 +1,8 @@
 """Run every benchmark in order, then write ``benchmarks/RESULTS.md``.
 
-    python -m benchmarks.run_all                     # default: 3 min training per system, about 60-75 min on 2 cores
-    python -m benchmarks.run_all --budget-minutes 10 --test-examples 0
+    python -m benchmarks.run_all                     # default: 3 CPU-minutes of training per system
+    python -m benchmarks.run_all --budget-cpu-minutes 10 --test-examples 0
+    python -m benchmarks.run_all --preset headline   # 10 CPU-minutes, curve at 2.5 / 5 / 10 CPU-minutes
 
 Stages (each a subprocess, ``python -m benchmarks.<stage>``, output streamed): translation (Multi30k En->De,
 IWSLT14 De->En), summarization (Gigaword; ``--dialogsum`` adds DialogSum), speed (on the Multi30k checkpoints
@@ -29,6 +30,7 @@ from benchmarks.common import (
     subprocess_env,
     write_json,
 )
+from benchmarks.quality import PRESETS
 from benchmarks.systems import data_root_default
 
 STAGES = ("translation", "summarization", "speed", "throughput", "attention")
@@ -38,9 +40,12 @@ def stage_commands(opts: argparse.Namespace) -> list[tuple[str, list[str]]]:
     common = ["--results-dir", opts.results_dir]
     data = ["--data-root", opts.data_root]
     systems = ["--systems-file", opts.systems_file] if opts.systems_file else []
+    budget = (
+        ["--budget-cpu-minutes", str(opts.budget_cpu_minutes)] if opts.budget_cpu_minutes is not None else []
+    )
     quality = [
-        "--budget-minutes",
-        str(opts.budget_minutes),
+        *(["--preset", opts.preset] if opts.preset else []),
+        *budget,
         "--test-examples",
         str(opts.test_examples),
         *data,
@@ -74,7 +79,26 @@ def stage_commands(opts: argparse.Namespace) -> list[tuple[str, list[str]]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--budget-minutes", type=float, default=3.0, help="training budget per system and task, minutes"
+        "--budget-cpu-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="training budget per system and task, CPU-minutes of the training process (default: the quality "
+        "benchmarks' own, 3, or the preset's)",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        dest="budget_minutes_deprecated",
+        metavar="M",
+        help="deprecated alias of --budget-cpu-minutes",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="preset of the translation and summarization stages ('smoke' or 'headline'; see their --help)",
     )
     parser.add_argument(
         "--test-examples", type=int, default=1000, help="cap on scored test examples (0: all)"
@@ -94,6 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--{stage}-args", default="", help=f"further arguments for benchmarks.{stage} (one string)"
         )
     opts = parser.parse_args(argv)
+    if opts.budget_minutes_deprecated is not None:
+        if opts.budget_cpu_minutes is not None and opts.budget_cpu_minutes != opts.budget_minutes_deprecated:
+            raise SystemExit(
+                "--budget-minutes is a deprecated alias of --budget-cpu-minutes: give one of them"
+            )
+        print(
+            "warning: --budget-minutes is deprecated; it now means CPU-minutes (--budget-cpu-minutes)",
+            file=sys.stderr,
+        )
+        opts.budget_cpu_minutes = opts.budget_minutes_deprecated
     opts.skip = {s.strip() for s in opts.skip.split(",") if s.strip()}
     opts.only = {s.strip() for s in opts.only.split(",") if s.strip()}
     unknown = (opts.skip | opts.only) - set(STAGES)
@@ -104,7 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_all",
         argv,
         "benchmarks.run_all",
-        {"budget_minutes": opts.budget_minutes, "test_examples": opts.test_examples},
+        {
+            "budget_cpu_minutes": opts.budget_cpu_minutes,
+            "preset": opts.preset,
+            "test_examples": opts.test_examples,
+        },
     )
     record["stages"] = []
     failed = []

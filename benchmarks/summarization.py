@@ -5,8 +5,8 @@ Gigaword (10k-pair training sample; its 500-pair valid sample is the test set) b
 benchmark, scored with ROUGE-1/2/L (F1 x 100, stemmed; BLEU alongside). Writes
 ``results/summarization_<task>.json`` and ``.md`` and ``results/rougeL_vs_training_time_<task>.png``.
 
-    python -m benchmarks.summarization --budget-minutes 3
-    python -m benchmarks.summarization --task dialogsum --budget-minutes 5
+    python -m benchmarks.summarization --budget-cpu-minutes 3
+    python -m benchmarks.summarization --task dialogsum --budget-cpu-minutes 5
 """
 
 from __future__ import annotations

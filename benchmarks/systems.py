@@ -27,7 +27,11 @@ class Task:
         fallback_recipe: recipe stem used when a family has no recipe for this task (data paths are overridden).
         args: extra CLI arguments for every system on this task.
         system_args: extra CLI arguments per system name on this task.
-        note: printed with the results.
+        note: printed with the results; it describes the task, not the files: the files actually read, their
+            sizes and how many test examples were scored are printed from the run.
+        test_name: what the standard test file of the task is (e.g. ``test_2016_flickr``), printed with the file
+            scored only when that file has ``test_size`` examples.
+        test_size: examples in the standard test file (None: any size).
     """
 
     name: str
@@ -40,6 +44,8 @@ class Task:
     args: tuple[str, ...] = ()
     system_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
     note: str = ""
+    test_name: str = ""
+    test_size: int | None = None
 
     @property
     def metric(self) -> str:
@@ -58,7 +64,9 @@ TASKS: dict[str, Task] = {
         "train.jsonl",
         "valid.jsonl",
         "test.jsonl",
-        note="Multi30k En->De, test = test_2016_flickr (1,000 sentences)",
+        note="Multi30k En->De",
+        test_name="Multi30k test_2016_flickr",
+        test_size=1000,
     ),
     "iwslt14_de_en": Task(
         "iwslt14_de_en",
@@ -68,8 +76,9 @@ TASKS: dict[str, Task] = {
         "valid.jsonl",
         "test.jsonl",
         fallback_recipe="multi30k_en_de",
-        note="IWSLT14 De->En: 8,766-pair training sample (not the full 160k), standard fairseq test set "
-        "(6,750 sentences, lowercased)",
+        note="IWSLT14 De->En: a training sample (not the full 160k pairs), lowercased fairseq-style text",
+        test_name="the standard fairseq IWSLT14 De-En test set (lowercased)",
+        test_size=6750,
     ),
     "gigaword": Task(
         "gigaword",
@@ -78,8 +87,9 @@ TASKS: dict[str, Task] = {
         "train.jsonl",
         "valid.jsonl",
         "valid.jsonl",
-        note="Gigaword 10,000-pair training sample; the 500-pair valid sample is the test set (not the standard "
-        "1,951-pair test set)",
+        note="Gigaword training sample; the valid sample is the test set (not the standard 1,951-pair test set)",
+        test_name="the Gigaword valid sample",
+        test_size=500,
     ),
     "dialogsum": Task(
         "dialogsum",
@@ -94,6 +104,8 @@ TASKS: dict[str, Task] = {
         system_args={"seqdiffuseq": ("--model.schedule.max_length", "64")},
         note="DialogSum (Gigaword recipes with 160-token sources, 64-token summaries); scored against the "
         "first reference (summary1) only",
+        test_name="the DialogSum test set",
+        test_size=500,
     ),
 }
 

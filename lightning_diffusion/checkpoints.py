@@ -23,21 +23,23 @@ class CheckpointError(ValueError):
     """A checkpoint or export directory that cannot be loaded; the message names the file and the problem."""
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a Lightning checkpoint with ``torch.load(weights_only=True)``: only tensors and primitive
-    containers are unpickled, so a crafted file cannot execute code while loading."""
+    containers are unpickled, so a crafted file cannot execute code while loading. ``mmap`` maps the tensors
+    instead of reading them (a cheap check that the file is complete and readable)."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"{file}: no such checkpoint file")
     try:
-        checkpoint = torch.load(file, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{file}: refused to load: it holds objects other than tensors and plain containers, and "
             f"checkpoints are loaded weights-only (nothing else is unpickled). Details: {str(err).splitlines()[0]}"
         ) from err
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{file}: not a readable checkpoint ({err})") from err
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{file}: not a readable checkpoint, truncated or not written by fit ({reason})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file}: not a Lightning checkpoint (no 'state_dict')")
     return checkpoint

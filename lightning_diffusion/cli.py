@@ -8,6 +8,7 @@ Checkpoints are always read weights-only unless ``--weights_only false`` is give
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_diffusion.autoregressive.search import Search
 from lightning_diffusion.averaging import average
 from lightning_diffusion.data import Seq2SeqDataModule
+from lightning_diffusion.data.jsonl import DataError
+from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import DecodingError, carry_over_sampler
 from lightning_diffusion.distill import distill
 from lightning_diffusion.generate import generate
@@ -30,6 +33,7 @@ from lightning_diffusion.pretrained import (
     CheckpointError,
     export_pretrained,
     load_export_weights,
+    read_checkpoint,
 )
 from lightning_diffusion.quiet import quiet_known_noise
 from lightning_diffusion.samplers.base import Sampler
@@ -116,6 +120,9 @@ class LightningDiffusionCLI(LightningCLI):
         """Lightning's re-application of a checkpoint's hyperparameters, but a ``--model.*`` option it would
         silently replace is an error pointing at ``--decoding.*`` (decoding) or the checkpoint (architecture)."""
         subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path, mmap=True)  # a truncated or foreign file: one CheckpointError line
         before = self.config[subcommand].get("model") if subcommand else None
         before = dict(_flatten(before.as_dict())) if before is not None and hasattr(before, "as_dict") else {}
         super()._parse_ckpt_path()
@@ -211,24 +218,38 @@ def export(ckpt_path: str, output_dir: str, tokenizer: str | None = None) -> Non
 TOOLS = {"export": export, "generate": generate, "distill": distill, "average": average}
 
 
+DEBUG_ENV = "LIGHTNING_DIFFUSION_DEBUG"
+KNOWN_ERRORS = (CheckpointError, DecodingError, DataError, TokenizerError)
+
+
 def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
     """Console entry point; ``main([...])`` (in-process, with ``args``) returns the CLI object.
 
     From the console script (``args`` None, reads ``sys.argv``) it returns None: the generated script
     calls ``sys.exit(main())``, which would print any other object and exit with status 1.
+
+    A known failure (bad data, tokenizer, checkpoint or decoding setting) ends in one line ``error: ...`` and exit
+    status 1; with ``LIGHTNING_DIFFUSION_DEBUG=1`` in the environment it shows the traceback instead. Other
+    exceptions always show their traceback.
     """
+    try:
+        return _main(args)
+    except KNOWN_ERRORS as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        raise SystemExit(f"error: {err}") from None
+
+
+def _main(args: list[str] | None) -> LightningDiffusionCLI | None:
     argv = list(sys.argv[1:] if args is None else args)
     quiet_known_noise()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return None
     if argv and argv[0] in TOOLS:
-        try:
-            tool = TOOLS[argv[0]]
-            prepare = getattr(tool, "prepare_args", list)  # e.g. generate: bare texts after MODEL
-            CLI(tool, args=prepare(argv[1:]), prog=f"lightning-diffusion {argv[0]}")
-        except CheckpointError as err:
-            raise SystemExit(f"error: {err}") from None
+        tool = TOOLS[argv[0]]
+        prepare = getattr(tool, "prepare_args", list)  # e.g. generate: bare texts after MODEL
+        CLI(tool, args=prepare(argv[1:]), prog=f"lightning-diffusion {argv[0]}")
         return None
     try:
         cli = LightningDiffusionCLI(
@@ -241,8 +262,6 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
             trainer_defaults={"use_distributed_sampler": False},
             args=args,
         )
-    except (CheckpointError, DecodingError) as err:
-        raise SystemExit(f"error: {err}") from None
     except pickle.UnpicklingError as err:  # Lightning's weights-only torch.load of --ckpt_path
         raise SystemExit(
             "error: refused to load the checkpoint: it holds objects other than tensors and plain containers, and "

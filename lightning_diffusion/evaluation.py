@@ -34,7 +34,8 @@ class EvaluationReport:
         rouge1, rouge2, rougeL: ROUGE F1 x 100 (rouge-score, stemmed).
         sentences: hypotheses scored.
         empty: hypotheses that are empty (or whitespace) while their source is not.
-        replacement_chars: hypotheses containing U+FFFD (orphan byte tokens decoded on their own).
+        replacement_chars: hypotheses containing U+FFFD (a broken character; decoding drops orphan byte tokens, so
+            these come from the text itself or from a tokenizer whose decode writes them).
         repeats: hypotheses with a word repeated back to back.
         settings: the decoding settings in words.
         samples: the first rows ``{"index", "source", "hypothesis", "reference"}``.

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_diffusion.checkpoints import CHECKPOINT_KEY, checkpoint_subclass
+from lightning_diffusion.data.detokenize import decode_tokens
 from lightning_diffusion.data.tokenizer import SpecialIds, special_ids
 from lightning_diffusion.decoding import Decoding, collapse_repeats, decode_batch
 from lightning_diffusion.evaluation import EvaluationReport, evaluate
@@ -275,7 +276,7 @@ class Seq2SeqModule(ReseededTraining, FiniteGradientGuard, LightningModule):
                 row = row[: row.index(end)]
             if collapse:
                 row = collapse_repeats(row)
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+            texts.append(decode_tokens(self.tokenizer, row).strip())
         return texts
 
     def _sampling_step_hook(self) -> Callable[[int, int], None] | None:

@@ -813,8 +813,9 @@ def fit_recipe(
         reached.clear()
         try:
             run_cli(["fit", "-c", str(path)])
-        except SystemExit as err:
-            return Outcome("exit", capsys.readouterr().err, code=err.code if isinstance(err.code, int) else 1)
+        except SystemExit as err:  # a one-line "error: ..." carries its message in the code
+            said = capsys.readouterr().err + (err.code if isinstance(err.code, str) else "")
+            return Outcome("exit", said, code=err.code if isinstance(err.code, int) else 1)
         except ReachedTraining:
             return Outcome("trained", capsys.readouterr().err, datamodule=reached.get("datamodule"))
         except Exception as err:  # noqa: BLE001 - the exception type and message are what the user sees

@@ -21,7 +21,12 @@ if str(REPO) not in sys.path:
 
 from benchmarks import attention, report, speed, summarization, throughput, translation  # noqa: E402
 from benchmarks.common import format_max_time  # noqa: E402
-from benchmarks.quality import benchmark_overlay  # noqa: E402
+from benchmarks.quality import (  # noqa: E402
+    add_arguments,
+    benchmark_overlay,
+    distill_record,
+    resolve_options,
+)
 from benchmarks.systems import SYSTEMS, TASKS, System  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -156,11 +161,14 @@ def bench(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Any:
         yield Bench(tmp_path_factory.mktemp("bench"), tiny_data)
 
 
+CPU_BUDGET_S = 3.0
 QUALITY = [
-    "--budget-minutes",
-    "0.01",
+    "--budget-cpu-minutes",
+    str(CPU_BUDGET_S / 60),
+    "--max-time-factor",
+    "20",  # a generous wall-clock cap: the CPU budget, not the cap, must stop these runs on a loaded machine
     "--max-steps",
-    "1000",
+    "100000",
     "--curve-points",
     "1",
     "--curve-examples",
@@ -183,6 +191,60 @@ def summarization_json(bench: Bench) -> dict[str, Any]:
         ["--task", "gigaword", "--systems", "diffuseq", *QUALITY, "--curve-points", "0", *bench.args()]
     )
     return json.loads((bench.results / "summarization_gigaword.json").read_text())
+
+
+def write_distilled(bench: Bench, tiny_data: TinyData, complete: bool = True) -> Path:
+    """A stand-in for `lightning-diffusion distill` output: the tiny training pairs with their targets uppercased,
+    and a provenance sidecar naming the task's training file as the input."""
+    import hashlib
+
+    path = bench.root / "distilled" / "multi30k_en_de.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"src": r["src"], "tgt": r["tgt"].upper()} for r in tiny_data.pairs("train")]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    train = bench.data_root / "multi30k_en_de" / "train.jsonl"
+    sidecar = {
+        "teacher": "teacher.ckpt",
+        "teacher_sha256": "0" * 64,
+        "teacher_step": 7,
+        "decoding": "beam 4",
+        "input": str(train),
+        "input_sha256": hashlib.sha256(train.read_bytes()).hexdigest(),
+        "examples": len(rows),
+        "written": len(rows),
+        "complete": complete,
+    }
+    (path.parent / (path.name + ".provenance.json")).write_text(json.dumps(sidecar), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def distilled_json(bench: Bench, tiny_data: TinyData) -> dict[str, Any]:
+    """A short run with --distill ({task} pattern): the diffusion system trains on the distilled file, the
+    autoregressive baseline on the task's training file."""
+    distilled = write_distilled(bench, tiny_data)
+    systems = "diffuseq,autoregressive" if HAS_AR else "diffuseq"
+    translation.main(
+        [
+            "--task",
+            "multi30k_en_de",
+            "--systems",
+            systems,
+            "--distill",
+            str(distilled.parent / "{task}.jsonl"),
+            "--budget-cpu-minutes",
+            "0.01",
+            "--max-steps",
+            "2",
+            "--curve-points",
+            "0",
+            "--test-examples",
+            "4",
+            "--no-plots",
+            *bench.args(),
+        ]
+    )
+    return json.loads((bench.results / "translation_multi30k_en_de_distilled.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +338,90 @@ def test_benchmark_overlay_keeps_callbacks_sets_ema_decay_and_adds_clock() -> No
     assert ema(recipe_callbacks), "the recipe has no EMA callback any more: update the test"
     assert all(c["init_args"]["decay"] == 0.99 for c in ema(changed))
     assert changed[-1]["init_args"] == {"snapshot_every_s": 10.0, "max_snapshots": 3}
+    cpu = benchmark_overlay(
+        [recipe], "recipe", max_snapshots=2, cpu_budget_s=60.0, snapshot_at_cpu_s=[20, 40]
+    )
+    assert cpu["trainer"]["callbacks"][-1]["init_args"] == {
+        "snapshot_every_s": None,
+        "max_snapshots": 2,
+        "cpu_budget_s": 60.0,
+        "snapshot_at_cpu_s": [20.0, 40.0],
+    }
+
+
+def options(kind: str, *argv: str) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, kind)
+    return resolve_options(parser.parse_args(list(argv)), kind)
+
+
+def test_budget_options_presets_and_deprecated_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    smoke = options("translation")
+    assert smoke.budget_cpu_minutes == 3.0 and smoke.curve_at == [1.0, 2.0] and smoke.curve_points == 2
+    assert smoke.task == "multi30k_en_de,iwslt14_de_en"
+    headline = options("translation", "--preset", "headline")
+    assert headline.budget_cpu_minutes == 10.0 and headline.curve_at == [2.5, 5.0]
+    assert headline.task == "multi30k_en_de"
+    # explicit options win over the preset
+    mine = options("translation", "--preset", "headline", "--task", "iwslt14_de_en", "--curve-points", "1")
+    assert mine.task == "iwslt14_de_en" and mine.curve_at == [5.0] and mine.budget_cpu_minutes == 10.0
+    assert options("summarization", "--preset", "headline").task == "gigaword"
+    assert options("translation", "--curve-at", "0.5,1.5").curve_at == [0.5, 1.5]
+    assert options("translation", "--curve-points", "0").curve_at == []
+    # the deprecated alias means the same CPU-minutes, with a warning
+    old = options("translation", "--budget-minutes", "2")
+    assert old.budget_cpu_minutes == 2.0 and "deprecated" in capsys.readouterr().err
+    for bad in (
+        ["--budget-minutes", "2", "--budget-cpu-minutes", "3"],
+        ["--curve-at", "4"],  # not below the 3-minute budget
+        ["--curve-at", "2,1"],
+        ["--budget-cpu-minutes", "0"],
+        ["--distill-baseline"],
+    ):
+        with pytest.raises(SystemExit):
+            options("translation", *bad)
+
+
+def test_distill_record_refuses_an_unfinished_file(bench: Bench, tiny_data: TinyData, tmp_path: Path) -> None:
+    train = bench.data_root / "multi30k_en_de" / "train.jsonl"
+    path = write_distilled(bench, tiny_data, complete=False)
+    with pytest.raises(SystemExit, match="unfinished"):
+        distill_record(path, train)
+    path = write_distilled(bench, tiny_data, complete=True)
+    record = distill_record(path, train)
+    assert record["input_is_train_file"] is True and record["pairs"] == len(tiny_data.pairs("train"))
+    assert record["provenance"]["teacher"] == "teacher.ckpt"
+    with pytest.raises(SystemExit, match="not found"):
+        distill_record(tmp_path / "missing.jsonl", train)
+
+
+def test_training_clock_stops_at_the_cpu_budget(tmp_path: Path) -> None:
+    """TrainingClock alone (the real trainer runs it in test_translation): CPU seconds from the first batch, stop
+    once the budget is spent."""
+    from benchmarks.callbacks import TrainingClock
+
+    class Busy:  # a trainer stand-in: the clock only reads these
+        is_global_zero = True
+        global_step = 0
+        should_stop = False
+        log_dir = str(tmp_path)
+        default_root_dir = str(tmp_path)
+
+    trainer = Busy()
+    clock = TrainingClock(cpu_budget_s=0.3)
+    clock.on_train_start(trainer, None)  # type: ignore[arg-type]
+    clock.on_train_batch_start(trainer, None, None, 0)  # type: ignore[arg-type]
+    while not trainer.should_stop:
+        sum(i * i for i in range(20_000))  # burn CPU
+        trainer.global_step += 1
+        clock.on_train_batch_end(trainer, None, None, None, 0)  # type: ignore[arg-type]
+        assert trainer.global_step < 10_000_000
+    clock.on_train_end(trainer, None)  # type: ignore[arg-type]
+    data = json.loads((tmp_path / "training_clock.json").read_text())
+    assert data["finished"] and data["budget_reached"] and data["steps"] > 0
+    assert data["cpu_seconds"] >= 0.3 and data["train_seconds"] > 0 and data["cpu_budget_seconds"] == 0.3
 
 
 def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
@@ -287,8 +433,21 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
     assert diff["status"] == "ok", diff
     assert diff["parameters"] > 0
     train = diff["train"]
-    assert 1 <= train["steps"] <= 1000 and train["train_seconds"] > 0 and train["budget_minutes"] == 0.01
-    assert "--trainer.max_time 00:00:00:01" in train["command"]
+    assert train["steps"] >= 1 and train["train_seconds"] > 0
+    assert (
+        train["budget_cpu_minutes"] == CPU_BUDGET_S / 60
+        and data["settings"]["budget_cpu_minutes"] == CPU_BUDGET_S / 60
+    )
+    # the CPU budget, not max_steps (100,000) or the wall-clock cap (20 x 3 s), stopped the run
+    assert "--trainer.max_time 00:00:01:00" in train["command"]
+    clock = json.loads((REPO / train["log_dir"] / "training_clock.json").read_text())
+    assert clock["budget_reached"] and clock["steps"] > 0 and clock["cpu_seconds"] >= CPU_BUDGET_S
+    assert train["budget_reached"] and train["train_cpu_seconds"] == clock["cpu_seconds"]
+    assert clock["steps"] == train["steps"] < 100000
+    (snapshot,) = clock["snapshots"]  # one curve point: at half the budget
+    assert CPU_BUDGET_S / 2 <= snapshot["cpu_seconds"] < CPU_BUDGET_S
+    assert train["distilled"] is False and train["train_file"].endswith("multi30k_en_de/train.jsonl")
+    assert data["data"]["test_origin"] is None  # a 16-line file is not Multi30k's test_2016_flickr
     (ev,) = diff["evaluations"]
     assert ev["decoding"] == "recipe" and ev["sentences"] == 12
     assert ev["bleu_signature"].startswith("nrefs:1|")
@@ -297,10 +456,15 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
         ev["sampling_steps"] == 3 and ev["nfe_mean"] == 3 and ev["length_beam"] == 2 and ev["noise_beam"] == 1
     )
     assert ev["candidates"] == 2 and ev["sentences_per_second"] > 0
+    for key in ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses"):
+        assert 0 <= ev[key] <= 12 and ev[f"{key}_rate"] == round(ev[key] / 12, 4)
+    for key in ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses"):
+        assert 0 <= ev[key] <= 12 and ev[f"{key}_rate"] == round(ev[key] / 12, 4)
     assert (REPO / ev["hypotheses_file"]).is_file() or Path(ev["hypotheses_file"]).is_file()
     assert diff["curve"][-1]["source"] == "final checkpoint" and diff["curve"][-1]["sentences"] == 8
     assert len(diff["curve"]) >= 2, "no snapshot was taken during training"
     assert diff["curve"][0]["source"].startswith("snapshot")
+    assert diff["curve"][0]["cpu_seconds"] < diff["curve"][-1]["cpu_seconds"]
     if HAS_AR:
         ar = next(s for s in data["systems"] if s["system"] == "autoregressive")
         assert ar["status"] == "ok", ar
@@ -308,7 +472,116 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
         assert [e["beam_size"] for e in ar["evaluations"]] == [1, 2]
         assert [e["candidates"] for e in ar["evaluations"]] == [1, 2]
         assert all(e["sampling_steps"] is None and e["nfe_mean"] >= 1 for e in ar["evaluations"])
+        assert diff["parameters_vs_baseline"] == round(diff["parameters"] / ar["parameters"], 4)
     check_outputs(bench, "translation_multi30k_en_de", "bleu_vs_training_time_multi30k_en_de.png")
+    md = (bench.results / "translation_multi30k_en_de.md").read_text()
+    for column in (
+        "| distilled |",
+        "| train CPU (s) |",
+        "| empty |",
+        "| U+FFFD |",
+        "repetition rate",
+        "params / baseline",
+    ):
+        assert column in md, column
+    assert f"Every system trained for {CPU_BUDGET_S / 60:g} CPU-minutes" in md
+    assert "training CPU seconds" in md  # the curve's clock
+
+
+def test_translation_distilled(bench: Bench, distilled_json: dict[str, Any]) -> None:
+    data = distilled_json
+    distilled = bench.root / "distilled" / "multi30k_en_de.jsonl"
+    assert data["settings"]["distill"].endswith("{task}.jsonl")
+    assert data["data"]["distill"]["file"].endswith("distilled/multi30k_en_de.jsonl")
+    assert data["data"]["distill"]["input_is_train_file"] is True
+    diff = next(s for s in data["systems"] if s["system"] == "diffuseq")
+    assert diff["status"] == "ok", diff
+    assert diff["distilled"] is True and diff["train"]["distilled"] is True
+    assert Path(diff["train"]["train_file"]).name == "multi30k_en_de.jsonl"
+    assert f"--data.train_file {diff['train']['train_file']}" in diff["train"]["command"]
+    assert (REPO / diff["train"]["train_file"]).resolve() == distilled.resolve()
+    assert "/diffuseq-distilled/" in diff["train"]["log"]
+    md = (bench.results / "translation_multi30k_en_de_distilled.md").read_text()
+    assert "(distilled training data)" in md and "| diffuseq | yes |" in md
+    if HAS_AR:
+        ar = next(s for s in data["systems"] if s["system"] == "autoregressive")
+        assert ar["status"] == "ok", ar
+        assert ar["distilled"] is False and ar["train"]["train_file"].endswith("multi30k_en_de/train.jsonl")
+        assert "--data.train_file " + ar["train"]["train_file"] in ar["train"]["command"]
+        assert "| autoregressive | no |" in md
+
+
+def test_report_renders_health_counts_and_the_test_file_scored() -> None:
+    ev = {
+        "decoding": "recipe",
+        "bleu": 1.0,
+        "bleu_signature": "nrefs:1|x",
+        "sentences": 8,
+        "candidates": 1,
+        "empty_hypotheses": 1,
+        "empty_hypotheses_rate": 0.125,
+        "replacement_char_hypotheses": 0,
+        "replacement_char_hypotheses_rate": 0.0,
+        "repeated_word_hypotheses": 2,
+        "repeated_word_hypotheses_rate": 0.25,
+    }
+    data = {
+        "benchmark": "translation",
+        "task": "multi30k_en_de",
+        "metric": "bleu",
+        "note": "Multi30k En->De",
+        "data": {
+            "test_file": "x/test.jsonl",
+            "test_origin": "Multi30k test_2016_flickr",
+            "test_examples": 8,
+            "test_examples_total": 1000,
+            "test_selection": "first 8 of 1000 in file order",
+            "train_file": "x/train.jsonl",
+        },
+        "settings": {
+            "budget_cpu_minutes": 10.0,
+            "max_time_minutes": 40.0,
+            "preset": "headline",
+            "ema_decay": "recipe",
+            "decode_seed": 0,
+            "curve_examples": 8,
+        },
+        "systems": [
+            {
+                "system": "ar",
+                "family": "autoregressive",
+                "status": "ok",
+                "parameters": 200,
+                "evaluations": [ev],
+                "train": {"steps": 5, "train_cpu_seconds": 600.1, "budget_reached": True},
+            },
+            {
+                "system": "d",
+                "family": "diffuseq",
+                "status": "ok",
+                "parameters": 100,
+                "distilled": True,
+                "evaluations": [ev],
+                "train": {"steps": 5, "train_cpu_seconds": 90.0, "budget_reached": False},
+            },
+        ],
+    }
+    md = report.quality_markdown(data)
+    assert "`x/test.jsonl`, Multi30k test_2016_flickr" in md and "first 8 of 1000" in md
+    assert "10 CPU-minutes (preset `headline`)" in md
+    assert "| 1 (12.5%) | 0 (0.0%) | 2 (25.0%) |" in md
+    assert "| ar | no | recipe |" in md and "| d | yes | recipe |" in md
+    assert (
+        "| 50% |" in md and "90.00 (stopped early)" in md and "(the wall-clock cap or --max-steps): d." in md
+    )
+    # the first results files (wall-clock budget, no health counts) still render
+    old = json.loads(json.dumps(data))
+    old["settings"] = {"budget_minutes": 2.0, "ema_decay": "recipe", "decode_seed": 0, "curve_examples": 8}
+    for sysd in old["systems"]:
+        sysd["evaluations"] = [{k: v for k, v in ev.items() if "hypotheses" not in k}]
+        sysd["train"] = {"steps": 5, "train_seconds": 120.0}
+    md = report.quality_markdown(old)
+    assert "2 min of wall-clock training time" in md and "| – | – | – |" in md
 
 
 def test_summarization(bench: Bench, summarization_json: dict[str, Any]) -> None:
@@ -452,4 +725,8 @@ def test_decode_memory_tiny_run(tmp_path: Path) -> None:
         assert rows[(what, "unchunked", 4, True)]["positions"] == full["positions"]
     assert rows[("sample", "chunked", 4, False)]["positions"] == 4 * 6 * 8
     md = (tmp_path / "decode_memory.md").read_text()
-    assert md.startswith("### Decode memory") and "*extrapolated*" in md and "Command: `python -m benchmarks." in md
+    assert (
+        md.startswith("### Decode memory")
+        and "*extrapolated*" in md
+        and "Command: `python -m benchmarks." in md
+    )

@@ -92,7 +92,7 @@ def test_cli_refuses_a_crafted_checkpoint(command: str, crafted: tuple[Path, Pat
     path, marker = crafted
     proc = cli(command, "-c", run_dir / "config.yaml", "--ckpt_path", path, "--trainer.default_root_dir", tmp_path / "out", cwd=tmp_path, env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     assert proc.returncode != 0
-    assert "refused to load the checkpoint" in proc.stderr and "weights-only" in proc.stderr
+    assert "crafted.ckpt: refused to load" in proc.stderr and "weights-only" in proc.stderr
     assert not marker.exists()
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import RECIPES_DIR, TinyData, make_tiny_overrides
@@ -162,3 +163,25 @@ def test_the_command_drops_noise_a_user_cannot_act_on(
     assert not [m for m in messages if "LeafSpec" in m or "custom batch sampler" in m or "outside the 'fit' stage" in m]
     assert "Tip:" not in caplog.text
     assert "[val @ step 2] BLEU" in caplog.text  # the messages that matter still arrive
+
+
+def test_known_failures_are_one_line_errors_with_a_debug_switch(
+    tmp_path: Path, tiny_overrides: Any, run_cli: Any, tiny_data: TinyData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = RECIPES_DIR / "quickstart.yaml"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"src": "a", "tgt": "b"}\n{"src": "a", "tgt": \n', encoding="utf-8")
+    args = ["fit", "-c", str(recipe), *tiny_overrides(tmp_path, recipe), "--data.train_file", str(bad)]
+    with pytest.raises(SystemExit, match=r"^error: .*bad\.jsonl:2: not valid JSON"):
+        run_cli(args)
+    monkeypatch.setenv("LIGHTNING_DIFFUSION_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):  # the exception itself (its traceback), on request
+        run_cli(args)
+    monkeypatch.delenv("LIGHTNING_DIFFUSION_DEBUG")
+
+    truncated = tmp_path / "truncated.ckpt"
+    run_cli(["fit", "-c", str(recipe), *tiny_overrides(tmp_path / "run", recipe)])
+    (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
+    truncated.write_bytes(ckpt.read_bytes()[:2000])
+    with pytest.raises(SystemExit, match=r"^error: .*truncated\.ckpt: not a readable checkpoint"):
+        run_cli(["predict", "-c", str(recipe), *tiny_overrides(tmp_path, recipe), "--ckpt_path", str(truncated)])

@@ -310,8 +310,8 @@ def test_decoded_candidates_honour_their_predicted_lengths(monkeypatch: pytest.M
         masks.append(args[4])
         return out
 
-    def spy_decode(token_ids: Tensor) -> list[str]:
-        texts = decode(token_ids)
+    def spy_decode(token_ids: Tensor, **kwargs: Any) -> list[str]:
+        texts = decode(token_ids, **kwargs)
         decoded.append((token_ids, texts))
         return texts
 

@@ -194,8 +194,8 @@ def test_generate_mbr_decodes_all_candidates_in_one_batch(
         encode_calls.append(src_ids.shape[0])
         return encode(src_ids, src_mask)
 
-    def spy_decode(token_ids):
-        texts = decode(token_ids)
+    def spy_decode(token_ids, **kwargs):
+        texts = decode(token_ids, **kwargs)
         candidate_texts.append(texts)
         return texts
 

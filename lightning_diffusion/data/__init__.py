@@ -7,9 +7,11 @@ from lightning_diffusion.data.datamodule import (
     TokenizedExample,
     collate_examples,
 )
+from lightning_diffusion.data.detokenize import decode_tokens
 from lightning_diffusion.data.jsonl import DataError, Example, ReadStats, read_examples, resolve_path
 from lightning_diffusion.data.loader import ResumableDataLoader
 from lightning_diffusion.data.tokenizer import (
+    TOKENIZER_KINDS,
     SpecialIds,
     TokenizerError,
     default_cache_dir,
@@ -21,6 +23,7 @@ from lightning_diffusion.data.tokenizer import (
 )
 
 __all__ = [
+    "TOKENIZER_KINDS",
     "DataError",
     "Example",
     "ReadStats",
@@ -32,6 +35,7 @@ __all__ = [
     "TokenizedExample",
     "TokenizerError",
     "collate_examples",
+    "decode_tokens",
     "default_cache_dir",
     "load_tokenizer",
     "read_examples",

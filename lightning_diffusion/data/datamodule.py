@@ -18,7 +18,9 @@ from lightning_diffusion.data.batching import TokenBudgetBatchSampler
 from lightning_diffusion.data.jsonl import read_examples
 from lightning_diffusion.data.loader import ResumableDataLoader
 from lightning_diffusion.data.tokenizer import (
+    TOKENIZER_KINDS,
     SpecialIds,
+    TokenizerKind,
     resolve_tokenizer,
     special_ids,
     tokenizer_fingerprint,
@@ -139,6 +141,9 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         tokenizer_vocab_size: vocabulary size when training a tokenizer.
         tokenizer_cache_dir: cache directory for trained tokenizers (default
             ``$LIGHTNING_DIFFUSION_CACHE/tokenizers`` or ``~/.cache/lightning_diffusion/tokenizers``).
+        tokenizer_kind: what to train when training a tokenizer: ``bpe`` (byte-level BPE), ``unigram`` or
+            ``wordpiece`` (no partial-character tokens; see :func:`~lightning_diffusion.data.train_tokenizer`).
+            Part of the cache key; ignored when ``tokenizer`` is an existing directory.
         src_key: JSON field holding the source.
         tgt_key: JSON field holding the target (``"tgt"`` and ``"trg"`` are accepted for each other); must
             differ from ``src_key``.
@@ -163,6 +168,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         tokenizer: str | None = None,
         tokenizer_vocab_size: int = 8000,
         tokenizer_cache_dir: str | None = None,
+        tokenizer_kind: TokenizerKind = "bpe",
         src_key: str = "src",
         tgt_key: str = "tgt",
         max_src_len: int = 128,
@@ -191,6 +197,10 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if src_key == tgt_key:
             raise ValueError(f"src_key and tgt_key must name different fields, both are {src_key!r}")
+        if tokenizer_kind not in TOKENIZER_KINDS:
+            raise ValueError(
+                f"tokenizer_kind must be one of {', '.join(map(repr, TOKENIZER_KINDS))}, got {tokenizer_kind!r}"
+            )
         self.save_hyperparameters()
         self.train_file = train_file
         self.val_file = val_file
@@ -199,6 +209,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         self.tokenizer_path = tokenizer
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.tokenizer_cache_dir = tokenizer_cache_dir
+        self.tokenizer_kind: TokenizerKind = tokenizer_kind
         self.src_key = src_key
         aliases = ("tgt", "trg") if tgt_key in ("tgt", "trg") else (tgt_key,)
         self.tgt_keys: tuple[str, ...] = tuple(key for key in aliases if key != src_key)
@@ -230,6 +241,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
                 self.tokenizer_cache_dir,
                 src_key=self.src_key,
                 tgt_keys=self.tgt_keys,
+                kind=self.tokenizer_kind,
             )
         return self._tokenizer
 

@@ -1,4 +1,5 @@
-"""Tokenizers: train a small byte-level BPE locally, or load a local Hugging Face tokenizer directory.
+"""Tokenizers: train a small byte-level BPE, Unigram or WordPiece locally, or load a local Hugging Face
+tokenizer directory.
 
 Nothing here downloads anything. Encoding never adds special tokens by itself: the data module appends
 the EOS to targets.
@@ -15,8 +16,9 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lightning_diffusion.data.jsonl import read_examples, resolve_path
@@ -34,6 +36,12 @@ SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, SEP_TOKEN]  # ids 
 TOKENIZER_FORMAT_VERSION = 1
 CACHE_ENV = "LIGHTNING_DIFFUSION_CACHE"
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # byte alphabet + specials
+
+TokenizerKind = Literal["bpe", "unigram", "wordpiece"]
+TOKENIZER_KINDS: tuple[str, ...] = ("bpe", "unigram", "wordpiece")
+METASPACE = "\u2581"  # "▁", stands for a space in unigram and wordpiece tokens
+WORDPIECE_PREFIX = "##"  # marks a wordpiece token that continues a word
+UNREACHABLE_SCORE = -1e9  # Unigram score of the special tokens: text never segments into them
 
 
 class TokenizerError(ValueError):
@@ -96,28 +104,130 @@ def special_ids(tok: PreTrainedTokenizerFast) -> SpecialIds:
     return SpecialIds(pad=tok.pad_token_id, eos=eos, sep=sep, unk=getattr(tok, "unk_token_id", None), bos=bos)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (NFC-normalized, lossless decode) on ``texts``; deterministic for the same input.
+def _check_kind(kind: str) -> None:
+    if kind not in TOKENIZER_KINDS:
+        raise TokenizerError(f"kind must be one of {', '.join(map(repr, TOKENIZER_KINDS))}, got {kind!r}")
 
-    Special tokens get ids 0..4: ``<pad> <unk> <s> </s> <sep>``. The vocabulary may come out smaller
-    than ``vocab_size`` when the texts have few distinct pairs to merge.
+
+def _backend(kind: TokenizerKind, vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
+    """The untrained tokenizer (model, normalizer, pre-tokenizer, decoder) and its trainer for ``kind``."""
+    if kind == "bpe":
+        backend = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        backend.decoder = decoders.ByteLevel()
+        trainer: trainers.Trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif kind == "unigram":
+        backend = Tokenizer(models.Unigram())
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
+        backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+        # Every character of the training text is kept as a piece (the trainer's required characters).
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token=UNK_TOKEN, show_progress=False
+        )
+    else:
+        # Trained without a "##" prefix (with one, the trainer numbers the "##c" pieces in a run-dependent order
+        # and ties between merges come out differently from run to run); _mark_continuations adds it after.
+        backend = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN, continuing_subword_prefix=""))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
+        backend.decoder = decoders.Sequence(
+            [
+                decoders.Replace(Regex(f"^{WORDPIECE_PREFIX}"), ""),
+                decoders.Metaspace(replacement=METASPACE, prepend_scheme="always"),
+            ]
+        )
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=SPECIAL_TOKENS,
+            continuing_subword_prefix="",
+            show_progress=False,
+        )
+    backend.normalizer = normalizers.NFC()
+    return backend, trainer
+
+
+def _canonical_unigram(backend: Tokenizer) -> None:
+    """Make a trained Unigram the same on every run (given the same pieces).
+
+    The trainer sums floats in a run-dependent order (hash maps), so scores differ in their last digits, and it
+    appends the characters that EM dropped at the lowest score plus 1e-4 per character, in a run-dependent
+    order. Give the single characters in that band the lowest score, round the scores to 6 decimals and
+    order the pieces by (score, text) after the special tokens.
+
+    The special tokens are pieces of the model too (ids 0..4); the trainer scores them 0 (the best), so a
+    literal ``</s>`` in the text would encode as the EOS. Score them so low that any other segmentation wins.
     """
+    trained = json.loads(backend.to_str())["model"]
+    pieces = [(piece, score) for piece, score in trained["vocab"] if piece not in SPECIAL_TOKENS]
+    lowest = min(score for _, score in pieces)
+    band = lowest + sum(len(piece) == 1 for piece, _ in pieces) * 1e-4
+    canonical = [
+        (piece, round(lowest if len(piece) == 1 and score <= band else score, 6)) for piece, score in pieces
+    ]
+    canonical.sort(key=lambda item: (-item[1], item[0]))
+    vocab = [(token, UNREACHABLE_SCORE) for token in SPECIAL_TOKENS] + canonical
+    backend.model = models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index(UNK_TOKEN), byte_fallback=False)
+
+
+def _mark_continuations(backend: Tokenizer) -> None:
+    """Turn a WordPiece trained without a prefix into one with ``##`` continuation pieces, same ids.
+
+    Every word starts with ``▁`` (Metaspace), so a piece without it can only continue a word: it becomes
+    ``##piece`` and encodes the same text as before. The special tokens then cannot match inside a word (a
+    literal ``</s>`` in the text stays characters).
+    """
+    vocab = {
+        token if token in SPECIAL_TOKENS or token.startswith(METASPACE) else WORDPIECE_PREFIX + token: index
+        for token, index in backend.get_vocab().items()
+    }
+    backend.model = models.WordPiece(
+        vocab, unk_token=UNK_TOKEN, continuing_subword_prefix=WORDPIECE_PREFIX, max_input_chars_per_word=100
+    )
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, kind: TokenizerKind = "bpe"
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on ``texts`` (NFC-normalized); deterministic for the same input.
+
+    ``kind``:
+
+    - ``"bpe"`` (default): byte-level BPE; ``decode(encode(x)) == NFC(x)`` for every string. Its single-byte
+      tokens can be emitted without their continuation bytes; :func:`~lightning_diffusion.data.detokenize.
+      decode_tokens` drops those instead of writing U+FFFD.
+    - ``"unigram"``: Unigram LM pieces over characters, words marked by a leading ``▁`` (Metaspace);
+      ``decode(encode(x)) == NFC(x)`` when every character of ``x`` was in the training text, except that a
+      leading space is dropped and a literal ``▁`` decodes as a space. Other characters become ``<unk>``.
+    - ``"wordpiece"``: WordPiece (greedy longest-match pieces, vocabulary learned by frequent merges) over
+      the same ``▁``-marked words, ``##`` marking the pieces that continue a word; the same guarantee as
+      unigram, but a word (space-separated) with an unseen character, or longer than 100 characters,
+      becomes a single ``<unk>``.
+
+    No token of unigram or wordpiece is a partial character. Special tokens get ids 0..4:
+    ``<pad> <unk> <s> </s> <sep>``. The vocabulary may come out smaller than ``vocab_size`` when the texts
+    are small; when they have more distinct characters than ``vocab_size``, wordpiece keeps them all (a
+    larger vocabulary) and unigram raises :class:`TokenizerError`.
+    """
+    _check_kind(kind)
     if vocab_size < MIN_VOCAB_SIZE:
         raise TokenizerError(
             f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + 5 specials), got {vocab_size}"
         )
-    backend = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend, trainer = _backend(kind, vocab_size)
+    try:
+        backend.train_from_iterator(texts, trainer=trainer)
+    except Exception as err:  # the Rust trainers raise a bare Exception, e.g. more characters than vocab_size
+        raise TokenizerError(f"cannot train a {kind} tokenizer with vocab_size={vocab_size}: {err}") from err
+    if kind == "unigram":
+        _canonical_unigram(backend)
+    elif kind == "wordpiece":
+        _mark_continuations(backend)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD_TOKEN,
@@ -171,12 +281,18 @@ def _training_texts(files: Sequence[Path], src_key: str, tgt_keys: Sequence[str]
                 yield example.tgt
 
 
-def _recipe_key(files: Sequence[Path], vocab_size: int, src_key: str, tgt_keys: Sequence[str]) -> str:
-    """sha256 of the training recipe: file contents, vocab size, field names, format version."""
+def _recipe_key(
+    files: Sequence[Path], vocab_size: int, src_key: str, tgt_keys: Sequence[str], kind: TokenizerKind = "bpe"
+) -> str:
+    """sha256 of the training recipe: file contents, vocab size, field names, kind, format version.
+
+    The kind enters the key only when it is not ``"bpe"``, so BPE keys (and caches) from before kinds existed
+    stay valid."""
     digest = hashlib.sha256()
-    digest.update(
-        f"format={TOKENIZER_FORMAT_VERSION};vocab={vocab_size};src={src_key};tgt={list(tgt_keys)}".encode()
-    )
+    recipe = f"format={TOKENIZER_FORMAT_VERSION};vocab={vocab_size};src={src_key};tgt={list(tgt_keys)}"
+    if kind != "bpe":
+        recipe += f";kind={kind}"
+    digest.update(recipe.encode())
     for file in files:
         file_digest = hashlib.sha256()
         with open(file, "rb") as handle:
@@ -222,8 +338,9 @@ def resolve_tokenizer(
     *,
     src_key: str = "src",
     tgt_keys: Sequence[str] = ("tgt", "trg"),
+    kind: TokenizerKind = "bpe",
 ) -> PreTrainedTokenizerFast:
-    """Load or train the tokenizer.
+    """Load or train the tokenizer (``kind``: see :func:`train_tokenizer`; it only matters when training).
 
     - ``path`` is an existing directory: load it.
     - ``path`` is given but missing: train on the sources and targets of ``train_files``, save it there.
@@ -231,6 +348,7 @@ def resolve_tokenizer(
       reusing that cache when present (so a later run with the same files finds the same tokenizer).
     Saves are atomic (temp dir + rename). The result is always the copy loaded back from disk.
     """
+    _check_kind(kind)
     if path is not None and resolve_path(path).exists():
         return load_tokenizer(resolve_path(path))
     files = [resolve_path(file) for file in train_files]
@@ -243,22 +361,22 @@ def resolve_tokenizer(
     if path is not None:
         target = resolve_path(path)
     else:
-        target = default_cache_dir(cache_dir) / _recipe_key(files, vocab_size, src_key, tgt_keys)
+        target = default_cache_dir(cache_dir) / _recipe_key(files, vocab_size, src_key, tgt_keys, kind)
         if target.is_dir():
             log.info("using cached tokenizer %s", target)
             return load_tokenizer(target)
-    log.info(
-        "training a byte-level BPE tokenizer (vocab_size=%d) on %s", vocab_size, ", ".join(map(str, files))
-    )
-    tok = train_tokenizer(_training_texts(files, src_key, tgt_keys), vocab_size)
+    log.info("training a %s tokenizer (vocab_size=%d) on %s", kind, vocab_size, ", ".join(map(str, files)))
+    tok = train_tokenizer(_training_texts(files, src_key, tgt_keys), vocab_size, kind)
     _save_atomically(tok, target)
     log.info("saved tokenizer to %s", target)
     return load_tokenizer(target)
 
 
 __all__ = [
+    "TOKENIZER_KINDS",
     "SpecialIds",
     "TokenizerError",
+    "TokenizerKind",
     "default_cache_dir",
     "load_tokenizer",
     "resolve_tokenizer",

@@ -1,16 +1,25 @@
-"""Tests for lightning_diffusion.data.tokenizer: training, loading, caching and fingerprints."""
+"""Tests for lightning_diffusion.data.tokenizer (training each kind, loading, caching, fingerprints) and
+lightning_diffusion.data.detokenize (decoding without broken characters)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from lightning_diffusion.data import resolve_path
 from lightning_diffusion.data import tokenizer as tokenizer_module
+from lightning_diffusion.data.detokenize import byte_decoder, decode_tokens
 from lightning_diffusion.data.tokenizer import (
+    TOKENIZER_KINDS,
     TokenizerError,
     default_cache_dir,
     load_tokenizer,
@@ -198,3 +207,265 @@ def test_atomic_save_keeps_the_first_writer(tok: PreTrainedTokenizerFast, tmp_pa
     tokenizer_module._save_atomically(other, target)  # lost the race: the existing copy stays
     assert tokenizer_fingerprint(load_tokenizer(target)) == tokenizer_fingerprint(tok)
     assert [p.name for p in tmp_path.iterdir()] == ["tok"]
+
+
+# ----------------------------------------------------------------- decoding without broken characters
+
+
+def tatoeba_sentences(split: str, limit: int | None = None) -> list[str]:
+    """Sources and targets of a bundled Tatoeba en-es split (accented Spanish included)."""
+    path = resolve_path(f"builtin:tatoeba_en_es/{split}.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:limit]]
+    return [text for row in rows for text in (row["src"], row["tgt"])]
+
+
+@pytest.fixture(scope="module")
+def tatoeba_bpe() -> PreTrainedTokenizerFast:
+    return train_tokenizer(tatoeba_sentences("train", 2000), vocab_size=1000)
+
+
+def byte_id(tok: PreTrainedTokenizerFast, byte: int) -> int:
+    """The id of the single-byte token of ``byte``."""
+    char = {value: key for key, value in byte_decoder().items()}[byte]
+    return tok.convert_tokens_to_ids(char)
+
+
+def test_byte_decoder_is_the_byte_level_alphabet() -> None:
+    table = byte_decoder()
+    assert sorted(table) == sorted(pre_tokenizers.ByteLevel.alphabet())
+    assert sorted(table.values()) == list(range(256))
+    assert table["Ġ"] == ord(" ") and table["a"] == ord("a") and table["Ã"] == 0xC3
+
+
+def test_orphan_bytes_are_dropped_and_nothing_else(tok: PreTrainedTokenizerFast) -> None:
+    left = tok("Él está", add_special_tokens=False)["input_ids"]
+    right = tok(" aquí.", add_special_tokens=False)["input_ids"]
+    emoji_start = [byte_id(tok, b) for b in "😀".encode()[:3]]  # 3 of the 4 bytes
+    for orphan in ([byte_id(tok, 0xC3)], [byte_id(tok, 0xA9)], emoji_start):  # lead, continuation, truncated
+        for ids in (left + orphan + right, orphan + left + right, left + right + orphan):
+            assert "\ufffd" in tok.decode(ids, skip_special_tokens=True)  # what the plain decode gives
+            assert decode_tokens(tok, ids) == "Él está aquí."
+
+
+def test_orphan_bytes_between_words_keep_the_spacing(tok: PreTrainedTokenizerFast) -> None:
+    ids = tok("niño", add_special_tokens=False)["input_ids"]
+    ids += [byte_id(tok, 0xC3)] + tok(" más", add_special_tokens=False)["input_ids"]
+    assert decode_tokens(tok, ids) == "niño más"
+
+
+def test_genuine_replacement_character_round_trips(tok: PreTrainedTokenizerFast) -> None:
+    text = "a\ufffdb ¿qué? \ufffd"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert decode_tokens(tok, ids) == tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_decode_tokens_equals_decode_on_tatoeba(tatoeba_bpe: PreTrainedTokenizerFast) -> None:
+    tok = tatoeba_bpe
+    sentences = tatoeba_sentences("valid") + tatoeba_sentences("test")
+    assert sum(any(ord(char) > 127 for char in text) for text in sentences) > 100  # accents are exercised
+    for text in sentences:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with_specials = [2, *ids[:2], 4, 1, *ids[2:], 0, 3]
+        assert (
+            decode_tokens(tok, with_specials) == tok.decode(with_specials, skip_special_tokens=True) == text
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=40))
+def test_decode_tokens_equals_decode_on_any_text(tok: PreTrainedTokenizerFast, text: str) -> None:
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert decode_tokens(tok, ids) == tok.decode(ids, skip_special_tokens=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_decode_tokens_drops_exactly_what_decode_replaces(
+    tok: PreTrainedTokenizerFast, data: st.DataObject
+) -> None:
+    # Without an EF byte anywhere no genuine U+FFFD (EF BF BD) can appear, so every U+FFFD of the plain
+    # decode stands for an invalid sequence, and those are what decode_tokens leaves out.
+    no_ef = [i for i in range(len(tok)) if 0xEF not in decode_bytes(tok, i)]
+    ids = data.draw(st.lists(st.sampled_from(no_ef), max_size=12))
+    text = decode_tokens(tok, ids)
+    assert "\ufffd" not in text
+    assert text == tok.decode(ids, skip_special_tokens=True).replace("\ufffd", "")
+
+
+def decode_bytes(tok: PreTrainedTokenizerFast, index: int) -> bytes:
+    token = tok.convert_ids_to_tokens(index)
+    table = byte_decoder()
+    return bytes(table[char] for char in token) if all(char in table for char in token) else b""
+
+
+def test_decode_tokens_of_other_tokenizers_is_decode() -> None:
+    tok = bare_tokenizer(pad_token="<pad>", eos_token="</s>")
+    assert decode_tokens(tok, [4, 2, 4, 0]) == tok.decode([4, 2, 4, 0], skip_special_tokens=True) == "a a"
+
+
+def test_module_decode_ids_has_no_replacement_character(tok: PreTrainedTokenizerFast) -> None:
+    from lightning_diffusion import DiffusionLM
+    from lightning_diffusion.denoisers import DiffuSeqDenoiser
+    from lightning_diffusion.samplers import DDIMSampler
+    from lightning_diffusion.schedules import SqrtSchedule
+
+    denoiser = functools.partial(
+        DiffuSeqDenoiser,
+        latent_dim=16,
+        hidden_dim=32,
+        num_layers=1,
+        num_heads=2,
+        ffn_dim=64,
+        max_positions=64,
+    )
+    module = DiffusionLM(
+        denoiser=denoiser, schedule=SqrtSchedule(50), sampler=DDIMSampler(steps=3), vocab_size=len(tok)
+    )
+    module.attach_tokenizer(tok, tokenizer_fingerprint(tok))
+    ids = tok("Él está", add_special_tokens=False)["input_ids"] + [byte_id(tok, 0xC3)]
+    ids += tok(" aquí.", add_special_tokens=False)["input_ids"] + [3, byte_id(tok, 0xC3), 0]
+    orphan_only = [byte_id(tok, 0xC3), 3] + [0] * (len(ids) - 2)
+    rows = torch.tensor([ids, orphan_only])
+    assert module.decode_ids(rows) == ["Él está aquí.", ""]
+
+
+# ----------------------------------------------------------------- tokenizer kinds
+
+EXTRA_TEXTS = [
+    "tabs\tand\nnewlines,  two  spaces ",
+    "Ça va, Zoë — naïve café 😀",
+    "¿Cómo estás?  ¡Bien! ",
+    "x <b> </c> k",
+]
+KIND_TEXTS = SPANISH * 5 + ENGLISH * 5 + EXTRA_TEXTS
+
+
+@pytest.fixture(scope="module", params=["unigram", "wordpiece"])
+def kind_tok(request: pytest.FixtureRequest) -> PreTrainedTokenizerFast:
+    return train_tokenizer(KIND_TEXTS, vocab_size=300, kind=request.param)
+
+
+def kind_of(tok: PreTrainedTokenizerFast) -> str:
+    return type(tok.backend_tokenizer.model).__name__
+
+
+def test_kind_special_tokens(kind_tok: PreTrainedTokenizerFast) -> None:
+    assert [kind_tok.convert_ids_to_tokens(i) for i in range(5)] == ["<pad>", "<unk>", "<s>", "</s>", "<sep>"]
+    assert special_ids(kind_tok) == tokenizer_module.SpecialIds.library_default()
+    assert len(kind_tok) <= 300
+
+
+def test_kind_models(kind_tok: PreTrainedTokenizerFast) -> None:
+    assert kind_of(kind_tok) in ("Unigram", "WordPiece")
+    assert not isinstance(kind_tok.backend_tokenizer.decoder, decoders.ByteLevel)
+
+
+def test_kind_covers_every_training_character(kind_tok: PreTrainedTokenizerFast) -> None:
+    chars = sorted(set("".join(KIND_TEXTS)))
+    for char in chars:
+        for text in (char, f"a{char}b", f"a {char}"):  # alone, inside a word, starting a word
+            ids = kind_tok(text, add_special_tokens=False)["input_ids"]
+            assert 1 not in ids, (char, kind_tok.convert_ids_to_tokens(ids))
+
+
+@pytest.mark.parametrize(
+    "text",
+    SPANISH
+    + ENGLISH
+    + ["¿Cómo estás?  ¡Bien! ", "Ça va, Zoë — naïve café 😀", "tabs\tand\nnewlines", "a  b   c "],
+)
+def test_kind_round_trip(kind_tok: PreTrainedTokenizerFast, text: str) -> None:
+    ids = kind_tok(text, add_special_tokens=False)["input_ids"]
+    assert kind_tok.decode(ids) == text
+    assert decode_tokens(kind_tok, ids) == text
+
+
+def test_kind_documented_losses(kind_tok: PreTrainedTokenizerFast) -> None:
+    def round_trip(text: str) -> str:
+        return decode_tokens(kind_tok, kind_tok(text, add_special_tokens=False)["input_ids"])
+
+    assert round_trip(" leading space") == "leading space"  # one leading space is dropped
+    assert round_trip("a\u2581b") == "a b"  # a literal "▁" is a space
+    assert round_trip("nin\u0303o") == "niño"  # NFC
+    unseen = round_trip("qué ☃ más, b☃c")  # ☃ is not in the training text
+    if kind_of(kind_tok) == "Unigram":
+        assert unseen == "qué  más, bc"  # the character alone is <unk>
+    else:
+        assert unseen == "qué más,"  # the whole word (from its leading space) is one <unk>
+
+
+def test_kind_literal_special_text_stays_characters(kind_tok: PreTrainedTokenizerFast) -> None:
+    for text in ("a </s> b <pad>", "</s>", "x<sep><unk>"):
+        ids = kind_tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        assert not set(ids) & {0, 1, 2, 3, 4}, kind_tok.convert_ids_to_tokens(ids)
+
+
+def test_kind_training_is_deterministic(kind_tok: PreTrainedTokenizerFast) -> None:
+    kind = kind_of(kind_tok).lower()
+    again = train_tokenizer(KIND_TEXTS, vocab_size=300, kind=kind)  # type: ignore[arg-type]
+    assert again.backend_tokenizer.to_str() == kind_tok.backend_tokenizer.to_str()
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(kind_tok)
+
+
+def test_kind_save_load_keeps_everything(kind_tok: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+    kind_tok.save_pretrained(str(tmp_path / "tok"))
+    loaded = load_tokenizer(tmp_path / "tok")
+    assert tokenizer_fingerprint(loaded) == tokenizer_fingerprint(kind_tok)
+    assert kind_of(loaded) == kind_of(kind_tok)
+    text = "¿Cómo estás?  ¡Bien! "
+    ids = loaded(text, add_special_tokens=False)["input_ids"]
+    assert ids == kind_tok(text, add_special_tokens=False)["input_ids"]
+    assert loaded.decode(ids) == text
+
+
+@pytest.mark.parametrize("kind", ["unigram", "wordpiece"])
+def test_kind_round_trips_tatoeba(kind: str) -> None:
+    """Exact round trip of every held-out sentence whose characters were seen in training (nearly all)."""
+    train = tatoeba_sentences("train", 2000)
+    tok = train_tokenizer(train, vocab_size=1000, kind=kind)  # type: ignore[arg-type]
+    seen = set("".join(train))
+    sentences = tatoeba_sentences("valid") + tatoeba_sentences("test")
+    covered = [text for text in sentences if set(text) <= seen]
+    assert len(covered) >= 0.95 * len(sentences)
+    assert sum(any(ord(char) > 127 for char in text) for text in covered) > 100
+    for text in covered:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert decode_tokens(tok, ids) == tok.decode(ids) == text
+
+
+def test_unknown_kind_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(
+        TokenizerError, match="kind must be one of 'bpe', 'unigram', 'wordpiece', got 'sentencepiece'"
+    ):
+        train_tokenizer(ENGLISH, 300, kind="sentencepiece")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        resolve_tokenizer(None, [tmp_path / "train.jsonl"], 300, str(tmp_path), kind="BPE")  # type: ignore[arg-type]
+
+
+def test_unigram_with_more_characters_than_vocab_size() -> None:
+    texts = [chr(code) * 3 for code in range(0x4E00, 0x4E00 + 400)]
+    with pytest.raises(TokenizerError, match="cannot train a unigram tokenizer with vocab_size=300"):
+        train_tokenizer(texts, 300, kind="unigram")
+    assert len(train_tokenizer(texts, 300, kind="wordpiece")) > 400  # keeps every character
+
+
+def test_kind_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    train = write_pairs(tmp_path / "train.jsonl", list(zip(ENGLISH * 2, SPANISH, strict=False)))
+    cache = tmp_path / "cache"
+    keys = {
+        kind: tokenizer_module._recipe_key([train], 300, "src", ["tgt", "trg"], kind)
+        for kind in TOKENIZER_KINDS
+    }
+    assert len(set(keys.values())) == 3
+    # A BPE key is what it was before kinds existed, so existing caches stay valid.
+    digest = hashlib.sha256(b"format=1;vocab=300;src=src;tgt=['tgt', 'trg']")
+    digest.update(hashlib.sha256(train.read_bytes()).digest())
+    assert (
+        keys["bpe"] == tokenizer_module._recipe_key([train], 300, "src", ["tgt", "trg"]) == digest.hexdigest()
+    )
+    bpe = resolve_tokenizer(None, [train], 300, str(cache))
+    unigram = resolve_tokenizer(None, [train], 300, str(cache), kind="unigram")
+    assert kind_of(bpe) == "BPE" and kind_of(unigram) == "Unigram"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([keys["bpe"], keys["unigram"]])
+    again = resolve_tokenizer(None, [train], 300, str(cache), kind="unigram")  # from the cache
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(unigram)

@@ -352,3 +352,27 @@ def test_lightning_trainer_reshuffles_every_epoch(files: dict[str, str]) -> None
     assert model.seen[0] != model.seen[1] != model.seen[2]
     trainer.predict(model, datamodule=dm)
     assert sorted(model.predicted) == list(range(5))
+
+
+def test_tokenizer_kind_reaches_the_tokenizer_and_the_cache_key(files: dict[str, str]) -> None:
+    from lightning_diffusion.data import tokenizer as tokenizer_module
+
+    cache = Path(files["tokenizer_cache_dir"])
+    bpe = make_dm(files)
+    assert bpe.tokenizer_kind == "bpe" and type(bpe.tokenizer.backend_tokenizer.model).__name__ == "BPE"
+    for kind, model in (("unigram", "Unigram"), ("wordpiece", "WordPiece")):
+        dm = make_dm(files, tokenizer_kind=kind)
+        assert dm.hparams["tokenizer_kind"] == kind
+        assert type(dm.tokenizer.backend_tokenizer.model).__name__ == model
+        assert dm.tokenizer_fingerprint != bpe.tokenizer_fingerprint
+        key = tokenizer_module._recipe_key([Path(files["train_file"])], 300, "src", ["tgt", "trg"], kind)
+        assert (cache / key).is_dir()
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        assert batch.tgt_ids is not None and (batch.tgt_ids == dm.eos_id).any()
+    assert len(list(cache.iterdir())) == 3  # one tokenizer per kind, none reused across kinds
+
+
+def test_bad_tokenizer_kind_names_the_argument(files: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="tokenizer_kind must be one of 'bpe', 'unigram', 'wordpiece'"):
+        make_dm(files, tokenizer_kind="spm")
