@@ -182,6 +182,9 @@ class System:
 CPU_SMALL = "recipes/overlays/cpu_small.yaml"
 CPU_SMALL_AR = "recipes/overlays/cpu_small_autoregressive.yaml"
 ENC_DEC_LAYERS = ("--model.denoiser.encoder_layers", "3", "--model.denoiser.decoder_layers", "3")
+# The recipe's decoding (primary: curves, speed), and the same with runs of one token collapsed (an optional
+# post-process against repeated words, scored beside the plain output so its effect is visible).
+DIFFUSION_DECODINGS: dict[str, dict[str, Any]] = {"recipe": {}, "collapse repeats": {"collapse_repeats": True}}
 
 SYSTEMS: list[System] = [
     System(
@@ -190,14 +193,23 @@ SYSTEMS: list[System] = [
         "recipes/diffuseq/{task}.yaml",
         (CPU_SMALL,),
         ("--model.denoiser.num_layers", "3"),
+        decodings=DIFFUSION_DECODINGS,
     ),
-    System("seqdiffuseq", "seqdiffuseq", "recipes/seqdiffuseq/{task}.yaml", (CPU_SMALL,), ENC_DEC_LAYERS),
+    System(
+        "seqdiffuseq",
+        "seqdiffuseq",
+        "recipes/seqdiffuseq/{task}.yaml",
+        (CPU_SMALL,),
+        ENC_DEC_LAYERS,
+        decodings=DIFFUSION_DECODINGS,
+    ),
     System(
         "difformer",
         "difformer",
         "recipes/difformer/{task}.yaml",
         (CPU_SMALL,),
         (*ENC_DEC_LAYERS, "--model.length_beam", "3"),
+        decodings=DIFFUSION_DECODINGS,
     ),
     System(
         "autoregressive",
