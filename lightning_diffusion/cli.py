@@ -17,6 +17,7 @@ from typing import Any
 
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_diffusion.autoregressive.search import Search
 from lightning_diffusion.averaging import average
@@ -81,6 +82,16 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from _flatten(item, name)
     else:
         yield prefix, value
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path | None:
+    """The run directory ``<root>/<name>/version_N`` of a checkpoint written by ``fit`` into
+    ``<run dir>/checkpoints/``; None for a file elsewhere. The path is taken as given (``last.ckpt`` may be a link)."""
+    path = Path(ckpt_path)
+    run = path.parent.parent
+    if path.parent.name != "checkpoints" or not run.name.startswith("version_") or not (run / "config.yaml").is_file():
+        return None
+    return run
 
 
 def _model_flags(argv: list[str]) -> list[str]:
@@ -175,6 +186,26 @@ class LightningDiffusionCLI(LightningCLI):
             raise CheckpointError(f"{path}: not an export directory (missing {WEIGHTS_FILE})")
         return Path(path)
 
+    def _run_logger(self) -> TensorBoardLogger | None:
+        """A command started from a run's checkpoint (``fit`` resuming, ``validate | test | predict``) logs into that
+        run's directory (``version_N``) instead of a new ``version_N+1``: resumed training keeps ``last.ckpt`` where it
+        was, and predictions, scores and TensorBoard events land beside the checkpoint. Only with the default logger
+        and when the command line names no ``--trainer.default_root_dir`` or ``--trainer.logger``; the saved config
+        is not changed."""
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        run = run_dir_of(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        told = [arg for arg in getattr(self, "_argv", []) if arg.startswith(("--trainer.default_root_dir", "--trainer.logger"))]
+        if run is None or told or config.trainer.get("logger") not in (None, True):
+            return None  # an output directory or logger given on the command line wins
+        return TensorBoardLogger(save_dir=str(run.parent.parent), name=run.parent.name, version=run.name)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        logger = self._run_logger() if self.subcommand is not None else None
+        if logger is not None:
+            kwargs.setdefault("logger", logger)
+        return super().instantiate_trainer(**kwargs)
+
     def before_instantiate_classes(self) -> None:
         export = self._export_dir()
         data = self.config[self.subcommand].get("data") if export is not None else None
@@ -257,7 +288,11 @@ def _main(args: list[str] | None) -> LightningDiffusionCLI | None:
             Seq2SeqDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
+            # fit writes the run's config.yaml; the other commands keep theirs beside it (the run's stays as trained)
+            save_config_kwargs={
+                "overwrite": True,
+                "config_filename": f"{argv[0]}_config.yaml" if argv[0] in EVALUATION_COMMANDS else "config.yaml",
+            },
             # The data module shards its own token-budget batches across ranks.
             trainer_defaults={"use_distributed_sampler": False},
             args=args,

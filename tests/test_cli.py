@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import RECIPES_DIR, TinyData, make_tiny_overrides
 
 from lightning_diffusion.metrics import corpus_bleu
@@ -185,3 +186,26 @@ def test_known_failures_are_one_line_errors_with_a_debug_switch(
     truncated.write_bytes(ckpt.read_bytes()[:2000])
     with pytest.raises(SystemExit, match=r"^error: .*truncated\.ckpt: not a readable checkpoint"):
         run_cli(["predict", "-c", str(recipe), *tiny_overrides(tmp_path, recipe), "--ckpt_path", str(truncated)])
+
+
+def test_commands_from_a_run_checkpoint_log_into_that_run(tmp_path: Path, tiny_overrides: Any, run_cli: Any) -> None:
+    """validate / predict / a resumed fit started from a run's config and checkpoint (the README's commands) write
+    into that run (no new version_N), and the run's config.yaml stays the one fit wrote."""
+    recipe = RECIPES_DIR / "quickstart.yaml"
+    run_cli(["fit", "-c", str(recipe), *tiny_overrides(tmp_path, recipe, max_steps=2)])
+    (run,) = (tmp_path / "lightning_logs").iterdir()
+    config = (run / "config.yaml").read_text(encoding="utf-8")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    run_cli(["validate", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt)])
+    run_cli(["predict", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt)])
+    assert (run / "config.yaml").read_text(encoding="utf-8") == config  # the run's config stays as fit wrote it
+    run_cli(["fit", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--trainer.max_steps", "4"])
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == [run.name]
+    assert (run / "predictions.jsonl").is_file() and (run / "validate_config.yaml").is_file()
+    assert (run / "predict_config.yaml").is_file()
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 4  # the resumed run's last.ckpt is where the README's resume command points
+
+    other = tmp_path / "elsewhere"  # an output directory named on the command line wins
+    run_cli(["validate", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(other)])
+    assert (other / "lightning_logs").is_dir()
