@@ -209,3 +209,14 @@ def test_commands_from_a_run_checkpoint_log_into_that_run(tmp_path: Path, tiny_o
     other = tmp_path / "elsewhere"  # an output directory named on the command line wins
     run_cli(["validate", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(other)])
     assert (other / "lightning_logs").is_dir()
+
+
+def test_a_tokenizer_directory_that_does_not_exist_is_an_error(tmp_path: Path, tiny_overrides: Any, run_cli: Any) -> None:
+    recipe = RECIPES_DIR / "quickstart.yaml"
+    missing = tmp_path / "mistyped_tokenizer"
+    args = ["fit", "-c", str(recipe), *tiny_overrides(tmp_path, recipe), "--data.tokenizer", str(missing)]
+    with pytest.raises(SystemExit, match=r"^error: tokenizer directory .*mistyped_tokenizer.* does not exist"):
+        run_cli(args)
+    assert not missing.exists()
+    run_cli([*args, "--data.tokenizer_train_if_missing", "true"])  # asked for explicitly: trained and saved there
+    assert (missing / "tokenizer.json").is_file()

@@ -135,9 +135,11 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         val_file: validation pairs.
         test_file: test pairs.
         predict_file: inputs to translate: JSONL (targets optional) or ``.txt`` (one source per line).
-        tokenizer: a local Hugging Face tokenizer directory. If it exists it is loaded; if it does not,
-            a byte-level BPE is trained on ``train_file`` and saved there. If None, one is trained and cached
-            under ``tokenizer_cache_dir`` keyed by the train file's contents and ``tokenizer_vocab_size``.
+        tokenizer: a local Hugging Face tokenizer directory, loaded. A directory that does not exist is an error
+            unless ``tokenizer_train_if_missing``: then a tokenizer of ``tokenizer_kind`` is trained on ``train_file``
+            and saved there. If None, one is trained and cached under ``tokenizer_cache_dir`` keyed by the train
+            file's contents, ``tokenizer_vocab_size`` and the kind.
+        tokenizer_train_if_missing: train and save a tokenizer at ``tokenizer`` when that directory does not exist.
         tokenizer_vocab_size: vocabulary size when training a tokenizer.
         tokenizer_cache_dir: cache directory for trained tokenizers (default
             ``$LIGHTNING_DIFFUSION_CACHE/tokenizers`` or ``~/.cache/lightning_diffusion/tokenizers``).
@@ -169,6 +171,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         tokenizer_vocab_size: int = 8000,
         tokenizer_cache_dir: str | None = None,
         tokenizer_kind: TokenizerKind = "bpe",
+        tokenizer_train_if_missing: bool = False,
         src_key: str = "src",
         tgt_key: str = "tgt",
         max_src_len: int = 128,
@@ -210,6 +213,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.tokenizer_cache_dir = tokenizer_cache_dir
         self.tokenizer_kind: TokenizerKind = tokenizer_kind
+        self.tokenizer_train_if_missing = tokenizer_train_if_missing
         self.src_key = src_key
         aliases = ("tgt", "trg") if tgt_key in ("tgt", "trg") else (tgt_key,)
         self.tgt_keys: tuple[str, ...] = tuple(key for key in aliases if key != src_key)
@@ -242,6 +246,7 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
                 src_key=self.src_key,
                 tgt_keys=self.tgt_keys,
                 kind=self.tokenizer_kind,
+                train_if_missing=self.tokenizer_train_if_missing,
             )
         return self._tokenizer
 

@@ -339,11 +339,13 @@ def resolve_tokenizer(
     src_key: str = "src",
     tgt_keys: Sequence[str] = ("tgt", "trg"),
     kind: TokenizerKind = "bpe",
+    train_if_missing: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Load or train the tokenizer (``kind``: see :func:`train_tokenizer`; it only matters when training).
 
     - ``path`` is an existing directory: load it.
-    - ``path`` is given but missing: train on the sources and targets of ``train_files``, save it there.
+    - ``path`` is given but missing: an error (a mistyped path must not silently become a new tokenizer), unless
+      ``train_if_missing``: then train on the sources and targets of ``train_files`` and save it there.
     - ``path`` is None: train, caching under ``default_cache_dir(cache_dir)/<sha256 of the recipe>`` and
       reusing that cache when present (so a later run with the same files finds the same tokenizer).
     Saves are atomic (temp dir + rename). The result is always the copy loaded back from disk.
@@ -351,6 +353,11 @@ def resolve_tokenizer(
     _check_kind(kind)
     if path is not None and resolve_path(path).exists():
         return load_tokenizer(resolve_path(path))
+    if path is not None and not train_if_missing:
+        raise TokenizerError(
+            f"tokenizer directory {path!r} does not exist (expected a saved tokenizer, e.g. <run dir>/tokenizer or an "
+            "export's tokenizer/); to train a new tokenizer and save it there, set data.tokenizer_train_if_missing: true"
+        )
     files = [resolve_path(file) for file in train_files]
     if not files:
         if path is not None:

@@ -185,7 +185,10 @@ def test_resolve_uses_env_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_resolve_trains_into_missing_path_then_loads_it(tmp_path: Path) -> None:
     train = write_pairs(tmp_path / "train.jsonl", list(zip(ENGLISH, SPANISH, strict=False)))
     target = tmp_path / "my_tok"
-    trained = resolve_tokenizer(str(target), [train], 300, None)
+    with pytest.raises(TokenizerError, match="does not exist .*tokenizer_train_if_missing"):
+        resolve_tokenizer(str(target), [train], 300, None)  # a mistyped path never becomes a new tokenizer
+    assert not target.exists()
+    trained = resolve_tokenizer(str(target), [train], 300, None, train_if_missing=True)
     assert (target / "tokenizer.json").is_file()
     assert target.stat().st_mode & 0o777 == 0o755
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".my_tok.tmp")]
@@ -197,7 +200,7 @@ def test_resolve_without_anything_errors(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match="no tokenizer"):
         resolve_tokenizer(None, [], 300, str(tmp_path))
     with pytest.raises(TokenizerError, match="does not exist and there is no train file"):
-        resolve_tokenizer(str(tmp_path / "missing"), [], 300, None)
+        resolve_tokenizer(str(tmp_path / "missing"), [], 300, None, train_if_missing=True)
 
 
 def test_atomic_save_keeps_the_first_writer(tok: PreTrainedTokenizerFast, tmp_path: Path) -> None:
