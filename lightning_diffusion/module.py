@@ -21,6 +21,7 @@ from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
+from lightning_diffusion.preconditioning import SkipPreconditioning
 from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.samplers.ddim import DDIMSampler
 from lightning_diffusion.schedules.base import NoiseSchedule
@@ -32,8 +33,8 @@ from lightning_diffusion.types import LossInputs, Seq2SeqBatch
 log = logging.getLogger("lightning_diffusion")
 
 _INJECTED = [
-    "denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "selection", "optimizer",
-    "lr_scheduler",
+    "denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "selection",
+    "preconditioning", "optimizer", "lr_scheduler",
 ]  # fmt: skip
 
 
@@ -64,6 +65,9 @@ class DiffusionLM(Seq2SeqModule):
             per source.
         selection: the candidate selection rule; default MBR (sentence-BLEU consensus among the candidates,
             never against the reference).
+        preconditioning: optional :class:`~lightning_diffusion.preconditioning.SkipPreconditioning`: the x0
+            estimate mixes the noisy input with the network's output (EDM's c_skip / c_out), for training and
+            sampling alike (installed as a forward hook on the denoiser). Default None: the network's output is x0.
         length_ratio, length_offset, max_length: without a length predictor the decoding canvas for a batch is
             ``min(max_length, ceil(length_ratio * longest source) + length_offset)`` positions, and training
             canvases are at least this long; ``max_length`` also caps predicted lengths.
@@ -91,6 +95,7 @@ class DiffusionLM(Seq2SeqModule):
         length_offset: int = 4,
         max_length: int = 128,
         selection: CandidateSelection | None = None,
+        preconditioning: SkipPreconditioning | None = None,
         log_samples: int = 3,
         decode_seed: int = 0,
         decode_during_validation: bool = True,
@@ -102,6 +107,10 @@ class DiffusionLM(Seq2SeqModule):
         check_at_least("DiffusionLM", 1, max_length=max_length)
         check_positive_finite("DiffusionLM", train_noise_factor=train_noise_factor, length_ratio=length_ratio)
         self.denoiser = denoiser(vocab_size)
+        self.preconditioning = preconditioning
+        if preconditioning is not None:
+            preconditioning.bind(schedule, train_noise_factor)
+            self.denoiser.register_forward_hook(preconditioning.hook, with_kwargs=True)
         if self_condition_prob > 0 and not self.denoiser.self_conditioning:
             raise ValueError("self_condition_prob > 0 needs a denoiser built with self_conditioning: true")
         self.schedule = schedule
