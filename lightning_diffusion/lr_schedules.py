@@ -98,52 +98,50 @@ class WarmupDecayFactor:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * decay
 
 
-class WarmupCosine(LambdaLR):
+class _WarmupDecay(LambdaLR):
+    """Linear warm-up from 0 to ``base_lr``, then a decay of shape :attr:`shape` to ``min_lr_ratio * base_lr``.
+
+    Args:
+        optimizer: injected by LightningCLI; its ``lr`` is ``base_lr``.
+        warmup_steps: length of the warm-up, >= 0 (0: start at ``base_lr``).
+        total_steps: step at which the rate reaches its minimum, > ``warmup_steps`` (usually ``trainer.max_steps``).
+        min_lr_ratio: final rate as a fraction of ``base_lr``, in [0, 1].
+    """
+
+    shape = ""
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> None:
+        _check_int("warmup_steps", warmup_steps, 0)
+        _check_total(total_steps, warmup_steps)
+        _check_ratio(min_lr_ratio)
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_lr_ratio = float(min_lr_ratio)
+        super().__init__(optimizer, WarmupDecayFactor(warmup_steps, total_steps, self.min_lr_ratio, self.shape))
+
+
+class WarmupCosine(_WarmupDecay):
     """Linear warm-up from 0 to ``base_lr``, then a half cosine down to ``min_lr_ratio * base_lr`` at ``total_steps``.
 
     ``lr(n) = base_lr * n / warmup_steps`` for ``n < warmup_steps``; then with
     ``p = min(1, (n - warmup_steps) / (total_steps - warmup_steps))``:
     ``lr(n) = base_lr * (r + (1 - r) * (1 + cos(pi * p)) / 2)``, ``r = min_lr_ratio`` (constant after ``total_steps``).
-
-    Args:
-        optimizer: injected by LightningCLI; its ``lr`` is ``base_lr``.
-        warmup_steps: length of the warm-up, >= 0 (0: start at ``base_lr``).
-        total_steps: step at which the rate reaches its minimum, > ``warmup_steps`` (usually ``trainer.max_steps``).
-        min_lr_ratio: final rate as a fraction of ``base_lr``, in [0, 1].
+    Arguments: see :class:`_WarmupDecay` (``optimizer, warmup_steps, total_steps, min_lr_ratio=0.0``).
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> None:
-        _check_int("warmup_steps", warmup_steps, 0)
-        _check_total(total_steps, warmup_steps)
-        _check_ratio(min_lr_ratio)
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.min_lr_ratio = float(min_lr_ratio)
-        super().__init__(optimizer, WarmupDecayFactor(warmup_steps, total_steps, self.min_lr_ratio, "cosine"))
+    shape = "cosine"
 
 
-class WarmupLinear(LambdaLR):
+class WarmupLinear(_WarmupDecay):
     """Linear warm-up from 0 to ``base_lr``, then a linear decay to ``min_lr_ratio * base_lr`` at ``total_steps``.
 
     ``lr(n) = base_lr * n / warmup_steps`` for ``n < warmup_steps``; then with
     ``p = min(1, (n - warmup_steps) / (total_steps - warmup_steps))``:
     ``lr(n) = base_lr * (r + (1 - r) * (1 - p))``, ``r = min_lr_ratio`` (constant after ``total_steps``).
-
-    Args:
-        optimizer: injected by LightningCLI; its ``lr`` is ``base_lr``.
-        warmup_steps: length of the warm-up, >= 0 (0: start at ``base_lr``).
-        total_steps: step at which the rate reaches its minimum, > ``warmup_steps`` (usually ``trainer.max_steps``).
-        min_lr_ratio: final rate as a fraction of ``base_lr``, in [0, 1].
+    Arguments: see :class:`_WarmupDecay` (``optimizer, warmup_steps, total_steps, min_lr_ratio=0.0``).
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> None:
-        _check_int("warmup_steps", warmup_steps, 0)
-        _check_total(total_steps, warmup_steps)
-        _check_ratio(min_lr_ratio)
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.min_lr_ratio = float(min_lr_ratio)
-        super().__init__(optimizer, WarmupDecayFactor(warmup_steps, total_steps, self.min_lr_ratio, "linear"))
+    shape = "linear"
 
 
 __all__ = ["InverseSqrt", "WarmupCosine", "WarmupLinear"]
