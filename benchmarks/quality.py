@@ -65,6 +65,43 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--budget-cpu-minutes`` and its deprecated alias ``--budget-minutes`` (quality benchmarks and ``run_all``)."""
+    parser.add_argument(
+        "--budget-cpu-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help=f"training budget per system in CPU-minutes of the training process (time.process_time: all its "
+        f"threads), counted from the first training batch (tokenizer, data loading, model setup and snapshot "
+        f"saving not counted); default {DEFAULT_BUDGET_CPU_MINUTES:g} or the preset's",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        dest="budget_minutes_deprecated",
+        metavar="M",
+        help="deprecated alias of --budget-cpu-minutes (the budget is CPU time now, not wall-clock time)",
+    )
+
+
+def resolve_budget_alias(opts: argparse.Namespace) -> None:
+    """Move a deprecated ``--budget-minutes`` into ``budget_cpu_minutes`` (warning on stderr; both given and
+    different is an error)."""
+    if opts.budget_minutes_deprecated is None:
+        return
+    if opts.budget_cpu_minutes is not None and opts.budget_cpu_minutes != opts.budget_minutes_deprecated:
+        raise SystemExit("--budget-minutes is a deprecated alias of --budget-cpu-minutes: give one of them")
+    print(
+        "warning: --budget-minutes is deprecated; it now means CPU-minutes of the training process, as "
+        "--budget-cpu-minutes (use that)",
+        file=sys.stderr,
+        flush=True,
+    )
+    opts.budget_cpu_minutes = opts.budget_minutes_deprecated
+
+
 def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     tasks = [name for name, task in TASKS.items() if task.kind == kind]
     default = "multi30k_en_de,iwslt14_de_en" if kind == "translation" else "gigaword"
@@ -78,23 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         + "); options given explicitly win",
     )
     parser.add_argument("--task", default=None, help=f"comma-separated tasks of {tasks} (default {default})")
-    parser.add_argument(
-        "--budget-cpu-minutes",
-        type=float,
-        default=None,
-        metavar="M",
-        help=f"training budget per system in CPU-minutes of the training process (time.process_time: all its "
-        f"threads), counted from the first training batch (tokenizer, data loading, model setup and snapshot "
-        f"saving not counted); default {DEFAULT_BUDGET_CPU_MINUTES:g}",
-    )
-    parser.add_argument(
-        "--budget-minutes",
-        type=float,
-        default=None,
-        dest="budget_minutes_deprecated",
-        metavar="M",
-        help="deprecated alias of --budget-cpu-minutes (the budget is CPU time now, not wall-clock time)",
-    )
+    add_budget_arguments(parser)
     parser.add_argument(
         "--max-time-factor",
         type=float,
@@ -180,18 +201,7 @@ def resolve_options(opts: argparse.Namespace, kind: str) -> argparse.Namespace:
     """Fill the options left unset from ``--preset`` and then from the defaults; check them. Sets
     ``budget_cpu_minutes``, ``curve_at`` (CPU-minutes of the snapshots, maybe empty), ``curve_points`` and ``task``."""
     preset = PRESETS[opts.preset]
-    if opts.budget_minutes_deprecated is not None:
-        if opts.budget_cpu_minutes is not None and opts.budget_cpu_minutes != opts.budget_minutes_deprecated:
-            raise SystemExit(
-                "--budget-minutes is a deprecated alias of --budget-cpu-minutes: give one of them"
-            )
-        print(
-            "warning: --budget-minutes is deprecated; it now means CPU-minutes of the training process, as "
-            "--budget-cpu-minutes (use that)",
-            file=sys.stderr,
-            flush=True,
-        )
-        opts.budget_cpu_minutes = opts.budget_minutes_deprecated
+    resolve_budget_alias(opts)
     if opts.budget_cpu_minutes is None:
         opts.budget_cpu_minutes = preset.get("budget_cpu_minutes", DEFAULT_BUDGET_CPU_MINUTES)
     if opts.budget_cpu_minutes <= 0:

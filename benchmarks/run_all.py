@@ -30,7 +30,7 @@ from benchmarks.common import (
     subprocess_env,
     write_json,
 )
-from benchmarks.quality import PRESETS
+from benchmarks.quality import PRESETS, add_budget_arguments, resolve_budget_alias
 from benchmarks.systems import data_root_default
 
 STAGES = ("translation", "summarization", "speed", "throughput", "attention")
@@ -78,22 +78,7 @@ def stage_commands(opts: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--budget-cpu-minutes",
-        type=float,
-        default=None,
-        metavar="M",
-        help="training budget per system and task, CPU-minutes of the training process (default: the quality "
-        "benchmarks' own, 3, or the preset's)",
-    )
-    parser.add_argument(
-        "--budget-minutes",
-        type=float,
-        default=None,
-        dest="budget_minutes_deprecated",
-        metavar="M",
-        help="deprecated alias of --budget-cpu-minutes",
-    )
+    add_budget_arguments(parser)
     parser.add_argument(
         "--preset",
         default=None,
@@ -118,16 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--{stage}-args", default="", help=f"further arguments for benchmarks.{stage} (one string)"
         )
     opts = parser.parse_args(argv)
-    if opts.budget_minutes_deprecated is not None:
-        if opts.budget_cpu_minutes is not None and opts.budget_cpu_minutes != opts.budget_minutes_deprecated:
-            raise SystemExit(
-                "--budget-minutes is a deprecated alias of --budget-cpu-minutes: give one of them"
-            )
-        print(
-            "warning: --budget-minutes is deprecated; it now means CPU-minutes (--budget-cpu-minutes)",
-            file=sys.stderr,
-        )
-        opts.budget_cpu_minutes = opts.budget_minutes_deprecated
+    resolve_budget_alias(opts)
     opts.skip = {s.strip() for s in opts.skip.split(",") if s.strip()}
     opts.only = {s.strip() for s in opts.only.split(",") if s.strip()}
     unknown = (opts.skip | opts.only) - set(STAGES)

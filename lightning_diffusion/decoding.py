@@ -110,15 +110,11 @@ class Decoding:
                 raise DecodingError(f"decoding: {name} must be an integer >= 1, got {value!r}")
         if (self.sampler is None) == (self.search is None):
             raise DecodingError("decoding: exactly one of sampler (diffusion) and search (autoregressive) is set")
-        if self.search is not None and self.candidates_per_length != 1:
+        if self.search is not None and (self.length_beam, self.noise_beam) != (1, 1):
             raise DecodingError(
                 f"decoding: length_beam and noise_beam apply to diffusion models; the autoregressive search has "
                 f"beam size {self.search.beam_size} (got length_beam {self.length_beam}, noise_beam {self.noise_beam})"
             )
-
-    @property
-    def candidates_per_length(self) -> int:
-        return self.length_beam * self.noise_beam
 
     @property
     def steps(self) -> int | None:
@@ -138,7 +134,7 @@ class Decoding:
         """Candidates decoded per source: ``length_beam x noise_beam`` (diffusion) or the beam size (search)."""
         if self.search is not None:
             return int(self.search.beam_size)
-        return self.candidates_per_length
+        return self.length_beam * self.noise_beam
 
     @property
     def reports_steps(self) -> bool:
@@ -204,13 +200,11 @@ class DecodedBatch:
         rows: one per example of the batch, empty sources included (with an empty hypothesis).
         nfe: network evaluations per candidate (None when every source was empty).
         candidates: candidates decoded per source (0 when every source was empty).
-        decoded: number of sources actually decoded (the non-empty ones).
     """
 
     rows: list[dict[str, Any]]
     nfe: int | None
     candidates: int
-    decoded: int
 
 
 @torch.no_grad()
@@ -249,7 +243,7 @@ def decode_batch(
         if batch.tgt_text is not None:
             row["reference"] = batch.tgt_text[i]
         rows.append(row)
-    return DecodedBatch(rows=rows, nfe=nfe, candidates=candidates, decoded=len(keep))
+    return DecodedBatch(rows=rows, nfe=nfe, candidates=candidates)
 
 
 __all__ = [

@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import torch
 import yaml
 
 from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
 from lightning_diffusion.data.jsonl import jsonl_line
+from lightning_diffusion.data.sources import SourceReader
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, carry_over_sampler, decode_batch
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
@@ -138,67 +139,6 @@ def trained_max_src_len(path: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def _valid_text(text: str) -> str | None:
-    """``text`` with undecodable input (lone surrogates, e.g. from bytes that were not UTF-8 in ``argv``) replaced
-    by U+FFFD, or None when there was nothing to replace."""
-    try:
-        text.encode("utf-8")
-        return None
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:
-            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
-class SourceReader:
-    """The sources, lazily: ``texts`` in order, where ``-`` (or no texts at all) reads ``stdin`` line by line.
-
-    stdin is read as bytes per line (when the stream has a byte buffer) and decoded as UTF-8; a line with bytes
-    that are not UTF-8 is decoded with U+FFFD in their place and counted in :attr:`replaced`, never an error, so
-    no line (and no other line of its batch) is lost.
-    """
-
-    def __init__(self, texts: Iterable[str] | None, stdin: IO[Any] | None = None) -> None:
-        self.texts = list(texts or []) or ["-"]
-        self.stdin = stdin
-        self.replaced = 0
-
-    def _clean(self, text: str) -> str:
-        fixed = _valid_text(text)
-        if fixed is None:
-            return text
-        self.replaced += 1
-        return fixed
-
-    def _stdin_lines(self) -> Iterator[str]:
-        stream = self.stdin if self.stdin is not None else sys.stdin
-        raw = getattr(stream, "buffer", None)
-        if raw is None:  # a text stream without bytes underneath (io.StringIO)
-            for line in stream:
-                yield self._clean(line.rstrip("\r\n"))
-            return
-        for line in raw:
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                text = line.decode("utf-8", errors="replace")
-                self.replaced += 1
-            yield text.rstrip("\r\n")
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self.texts:
-            if item == "-":
-                yield from self._stdin_lines()
-            else:
-                yield self._clean(item)
-
-
-def read_sources(texts: Iterable[str] | None, stdin: IO[Any] | None = None) -> Iterator[str]:
-    """The sources, lazily (see :class:`SourceReader`)."""
-    return iter(SourceReader(texts, stdin))
-
-
 def _isatty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())

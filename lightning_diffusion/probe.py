@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_diffusion.module import DiffusionLM
-from lightning_diffusion.samplers.rounding import default_chunk_rows, round_to_tokens
+from lightning_diffusion.samplers.rounding import nearest_token_ids, round_to_tokens
 from lightning_diffusion.types import Seq2SeqBatch
 
 
@@ -61,22 +61,6 @@ def probe_steps(steps: Iterable[int], num_steps: int) -> list[int]:
 def uses_self_conditioning(module: DiffusionLM, self_condition: bool = True) -> bool:
     """Whether the probe runs the two-pass self-conditioned estimate: asked for and the denoiser has it."""
     return self_condition and bool(module.denoiser.self_conditioning)
-
-
-def nearest_token_ids(x: Tensor, table: Tensor, chunk_rows: int | None = None) -> Tensor:
-    """Ids of the nearest rows of ``table`` ``[V, D]`` to each vector of ``x`` ``[..., D]`` -> ``[...]``.
-
-    The rule of :func:`~lightning_diffusion.samplers.rounding.nearest_embedding` (``argmin ||E_w||^2 - 2 E_w . x``,
-    ties to the first id), scored ``chunk_rows`` positions at a time, returning ids instead of vectors.
-    """
-    flat = x.reshape(-1, x.shape[-1])  # [N, D]
-    rows = chunk_rows if chunk_rows is not None else default_chunk_rows(table.shape[0], flat.element_size())
-    norms = (table**2).sum(-1)  # [V]
-    index = torch.empty(flat.shape[0], dtype=torch.long, device=x.device)  # [N]
-    for start in range(0, flat.shape[0], rows):
-        scores = norms - 2.0 * (flat[start : start + rows] @ table.T)  # [rows, V]
-        index[start : start + rows] = scores.argmin(-1)
-    return index.view(x.shape[:-1])
 
 
 def _to_device(batch: Seq2SeqBatch, device: torch.device) -> Seq2SeqBatch:

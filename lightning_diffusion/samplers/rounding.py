@@ -31,9 +31,9 @@ def _chunk_rows(chunk_rows: int | None, vocab_size: int, element_size: int) -> i
     return chunk_rows
 
 
-def nearest_embedding(x: Tensor, table: Tensor, chunk_rows: int | None = None) -> Tensor:
-    """Clamping (Diffusion-LM): replace each vector of ``x`` ``[..., D]`` by its nearest row of ``table``
-    ``[V, D]``, ``argmin_w ||E_w||^2 - 2 E_w . x``; returns ``[..., D]``.
+def nearest_token_ids(x: Tensor, table: Tensor, chunk_rows: int | None = None) -> Tensor:
+    """Ids of the nearest rows of ``table`` ``[V, D]`` to each vector of ``x`` ``[..., D]`` -> ``[...]``:
+    ``argmin_w ||E_w||^2 - 2 E_w . x`` (ties to the first id), scored ``chunk_rows`` positions at a time.
 
     Args:
         chunk_rows: positions scored at once (``[chunk_rows, V]`` scores); None = about 64 MiB of scores.
@@ -44,11 +44,16 @@ def nearest_embedding(x: Tensor, table: Tensor, chunk_rows: int | None = None) -
     norms = (table**2).sum(-1)  # [V]
     index = torch.empty(flat.shape[0], dtype=torch.long, device=x.device)  # [N]
     for start in range(0, flat.shape[0], rows):
-        chunk = flat[start : start + rows]  # [rows, D]
-        scores = norms - 2.0 * (chunk @ table.T)  # [rows, V]
+        scores = norms - 2.0 * (flat[start : start + rows] @ table.T)  # [rows, V]
         index[start : start + rows] = scores.argmin(-1)
         del scores
-    return table[index].view(*x.shape[:-1], table.shape[-1])
+    return index.view(x.shape[:-1])
+
+
+def nearest_embedding(x: Tensor, table: Tensor, chunk_rows: int | None = None) -> Tensor:
+    """Clamping (Diffusion-LM): replace each vector of ``x`` ``[..., D]`` by its nearest row of ``table``
+    ``[V, D]`` (:func:`nearest_token_ids`); returns ``[..., D]``."""
+    return table[nearest_token_ids(x, table, chunk_rows)]
 
 
 def round_to_tokens(denoiser: Denoiser, z: Tensor, chunk_rows: int | None = None) -> Tensor:
