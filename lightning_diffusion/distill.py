@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from lightning_diffusion.autoregressive.search import Search
-from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
 from lightning_diffusion.data.jsonl import DataError, jsonl_line, read_examples, resolve_path
+from lightning_diffusion.data.sources import source_batch
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, decode_batch
 from lightning_diffusion.generate import GenerateError, decoding_from_flags, trained_max_src_len
@@ -135,24 +135,13 @@ def distill_file(
             raise DistillError(f"{output} has {done} lines but {source} has only {len(examples)} examples")
         record["started"] = previous.get("started", started)
         record["resumed_at"] = [*previous.get("resumed_at", []), done]
-    ids = module.special_ids
     empty_hypotheses = 0
     output.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
     with output.open("a", encoding="utf-8") as handle:
         for start in range(done, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            encoded = module.tokenizer(
-                [ex.src for ex in chunk], add_special_tokens=False, split_special_tokens=True
-            )["input_ids"]
-            batch = collate_examples(
-                [
-                    TokenizedExample(index=start + i, src_ids=list(tokens[:max_src_len]), tgt_ids=None, src_text=ex.src, tgt_text=None)
-                    for i, (ex, tokens) in enumerate(zip(chunk, encoded, strict=True))
-                ],
-                pad_id=ids.pad,
-                eos_id=ids.eos,
-            )
+            batch, _ = source_batch(module.tokenizer, module.special_ids, [ex.src for ex in chunk], start, max_src_len)
             rows = decode_batch(module, batch, decoding, seed).rows
             for ex, row in zip(chunk, rows, strict=True):
                 empty_hypotheses += not row["hypothesis"].strip()

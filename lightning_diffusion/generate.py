@@ -27,9 +27,8 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
 from lightning_diffusion.data.jsonl import jsonl_line
-from lightning_diffusion.data.sources import SourceReader
+from lightning_diffusion.data.sources import SourceReader, source_batch
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, carry_over_sampler, decode_batch
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
@@ -196,30 +195,23 @@ def generate_batches(
     if max_src_len < 1:
         raise GenerateError(f"--max_src_len must be >= 1, got {max_src_len}")
     decoding = module.check_decoding(decoding if decoding is not None else module.decoding)
-    tokenizer = module.tokenizer
-    ids = module.special_ids
     show = progress == "always" or (progress == "auto" and _isatty(sys.stderr))
     delay = PROGRESS_DELAY_S if progress == "auto" else 0.0
     lines = iter(sources)
     start = 0
     while chunk := list(islice(lines, batch_size)):
-        encoded = tokenizer(chunk, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        examples = [
-            TokenizedExample(index=start + i, src_ids=list(tokens[:max_src_len]), tgt_ids=None, src_text=text, tgt_text=None)
-            for i, (text, tokens) in enumerate(zip(chunk, encoded, strict=True))
-        ]
-        batch = collate_examples(examples, pad_id=ids.pad, eos_id=ids.eos)
+        batch, counts = source_batch(module.tokenizer, module.special_ids, chunk, start, max_src_len)
         bar = _StepBar(show and decoding.reports_steps, delay, f"sampling batch {start // batch_size + 1}")
         try:
             decoded = decode_batch(module, batch, decoding, seed, bar if decoding.reports_steps else None)
         finally:
             bar.close()
         out = []
-        for row, tokens in zip(decoded.rows, encoded, strict=True):
+        for row, count in zip(decoded.rows, counts, strict=True):
             hyp = Hypothesis(index=row["index"], source=row["source"], hypothesis=row["hypothesis"])
-            if row["source"].strip() and tokens:
+            if row["source"].strip() and count:
                 hyp.nfe, hyp.candidates = decoded.nfe or 0, decoded.candidates
-                hyp.truncated = len(tokens) > max_src_len
+                hyp.truncated = count > max_src_len
             out.append(hyp)
         yield out
         start += len(chunk)

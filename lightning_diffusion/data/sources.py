@@ -10,6 +10,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
+from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
+from lightning_diffusion.data.tokenizer import SpecialIds
+from lightning_diffusion.types import Seq2SeqBatch
+
 
 def _valid_text(text: str) -> str | None:
     """``text`` with undecodable input (lone surrogates, e.g. from bytes that were not UTF-8 in ``argv``) replaced
@@ -67,4 +71,18 @@ class SourceReader:
                 yield self._clean(item)
 
 
-__all__ = ["SourceReader"]
+def source_batch(
+    tokenizer: Any, ids: SpecialIds, texts: list[str], first_index: int, max_src_len: int
+) -> tuple[Seq2SeqBatch, list[int]]:
+    """Source-only texts -> a collated batch (indices ``first_index ...``, sources cut at ``max_src_len`` tokens,
+    tokenized as the data module does: no special tokens added, literal special-token text split) and each text's
+    token count before the cut."""
+    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    examples = [
+        TokenizedExample(index=first_index + i, src_ids=list(tokens[:max_src_len]), tgt_ids=None, src_text=text, tgt_text=None)
+        for i, (text, tokens) in enumerate(zip(texts, encoded, strict=True))
+    ]
+    return collate_examples(examples, pad_id=ids.pad, eos_id=ids.eos), [len(tokens) for tokens in encoded]
+
+
+__all__ = ["SourceReader", "source_batch"]
