@@ -37,7 +37,7 @@ from lightning_diffusion.pretrained import (
     read_checkpoint,
 )
 from lightning_diffusion.quiet import quiet_known_noise
-from lightning_diffusion.samplers.base import Sampler
+from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
@@ -117,7 +117,7 @@ class LightningDiffusionCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         what = "on top of the model's own decoding settings (a checkpoint's or an export's included)"
         parser.add_argument("--decoding.steps", type=int | None, default=None, help=f"sampling steps (NFE per candidate), {what}")
-        parser.add_argument("--decoding.sampler", type=Sampler | None, default=None, help=f"sampler class and options, {what}; options left at their defaults keep the model's sampler's values")
+        parser.add_argument("--decoding.sampler", type=ChainSampler | None, default=None, help=f"sampler class and options, {what}; options left at their defaults keep the model's sampler's values")
         parser.add_argument("--decoding.length_beam", type=int | None, default=None, help=f"lengths tried per source, {what}")
         parser.add_argument("--decoding.noise_beam", type=int | None, default=None, help=f"noise samples per length, {what}")
         parser.add_argument("--decoding.search", type=Search | None, default=None, help=f"autoregressive search (GreedySearch, BeamSearch), {what}")

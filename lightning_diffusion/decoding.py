@@ -20,7 +20,7 @@ from lightning_diffusion.selection import CandidateSelection, MBRSelection
 
 if TYPE_CHECKING:
     from lightning_diffusion.autoregressive.search import Search
-    from lightning_diffusion.samplers.base import Sampler
+    from lightning_diffusion.samplers.chain import ChainSampler
     from lightning_diffusion.seq2seq import Seq2SeqModule
     from lightning_diffusion.types import Seq2SeqBatch
 
@@ -46,14 +46,14 @@ def _defaults(cls: type) -> dict[str, Any]:
     return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
-def with_steps(sampler: Sampler, steps: int) -> Sampler:
+def with_steps(sampler: ChainSampler, steps: int) -> ChainSampler:
     """A shallow copy of ``sampler`` walking ``steps`` steps (``sampler`` is not changed)."""
     copied = copy.copy(sampler)
     copied.steps = steps
     return copied
 
 
-def carry_over_sampler(previous: Sampler, new: Sampler) -> tuple[Sampler, dict[str, Any], dict[str, Any]]:
+def carry_over_sampler(previous: ChainSampler, new: ChainSampler) -> tuple[ChainSampler, dict[str, Any], dict[str, Any]]:
     """``new`` with the options of ``previous`` it left at their defaults (e.g. ``clamp``, ``noise_factor`` when
     switching DDIM -> ancestral), so replacing a sampler changes only what was asked for.
 
@@ -95,7 +95,7 @@ class Decoding:
             before detokenizing; off by default, reported in :meth:`describe` when on.
     """
 
-    sampler: Sampler | None = None
+    sampler: ChainSampler | None = None
     length_beam: int = 1
     noise_beam: int = 1
     selection: CandidateSelection = field(default_factory=MBRSelection)

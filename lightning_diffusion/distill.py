@@ -33,7 +33,7 @@ from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, decode_batch
 from lightning_diffusion.generate import GenerateError, decoding_from_flags, trained_max_src_len
 from lightning_diffusion.pretrained import WEIGHTS_FILE, CheckpointError, load_pretrained
-from lightning_diffusion.samplers.base import Sampler
+from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -171,7 +171,7 @@ def distill(
     tokenizer: str | None = None,
     search: Search | None = None,
     steps: int | None = None,
-    sampler: Callable[[int], Sampler] | None = None,
+    sampler: Callable[[int], ChainSampler] | None = None,
     length_beam: int | None = None,
     noise_beam: int | None = None,
     batch_size: int = 64,

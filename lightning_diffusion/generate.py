@@ -32,7 +32,7 @@ from lightning_diffusion.data.sources import SourceReader, source_batch
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, carry_over_sampler, decode_batch
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
-from lightning_diffusion.samplers.base import Sampler
+from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
 DEFAULT_MAX_SRC_LEN = 128  # Seq2SeqDataModule's default, when the run's data settings cannot be found
@@ -60,7 +60,7 @@ class Hypothesis:
 def decoding_from_flags(
     module: Seq2SeqModule,
     steps: int | None = None,
-    sampler: Callable[[int], Sampler] | None = None,
+    sampler: Callable[[int], ChainSampler] | None = None,
     length_beam: int | None = None,
     noise_beam: int | None = None,
     collapse_repeats: bool | None = None,
@@ -244,7 +244,7 @@ def generate(
     text: list[str] | None = None,
     tokenizer: str | None = None,
     steps: int | None = None,
-    sampler: Callable[[int], Sampler] | None = None,
+    sampler: Callable[[int], ChainSampler] | None = None,
     length_beam: int | None = None,
     noise_beam: int | None = None,
     batch_size: int | None = None,
@@ -313,7 +313,7 @@ def _run(
     text: list[str] | None,
     tokenizer: str | None,
     steps: int | None,
-    sampler: Callable[[int], Sampler] | None,
+    sampler: Callable[[int], ChainSampler] | None,
     length_beam: int | None,
     noise_beam: int | None,
     batch_size: int | None,

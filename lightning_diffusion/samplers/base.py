@@ -6,13 +6,14 @@ Decoding lives outside the network: a sampler gets the denoiser, the schedule an
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lightning_diffusion.denoisers.base import Denoiser
+from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.samplers.rounding import nearest_embedding, round_to_tokens
 from lightning_diffusion.schedules.base import NoiseSchedule
 from lightning_diffusion.types import Conditioning, SampleOutput
@@ -32,8 +33,8 @@ def respaced_steps(num_steps: int, steps: int) -> list[int]:
     return [*kept, 0]
 
 
-class Sampler(ABC):
-    """Base of the samplers: respaced loop, self-conditioning feed-back, clamping.
+class Sampler(ChainSampler):
+    """Base of the continuous (embedding-space) samplers: respaced loop, self-conditioning feed-back, clamping.
 
     Args:
         steps: number of denoiser calls ``K`` (respaced from the schedule's ``T``); this is the NFE per sequence.
@@ -50,9 +51,7 @@ class Sampler(ABC):
     chunk_rows: int | None = None
 
     def __init__(self, steps: int = 20, clamp: bool = False, clamp_from: int = 0, noise_factor: float = 1.0) -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = steps
+        super().__init__(steps)
         self.clamp = clamp
         self.clamp_from = clamp_from
         self.noise_factor = noise_factor
