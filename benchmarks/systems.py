@@ -116,7 +116,7 @@ class System:
 
     Attributes:
         name: short name (run directory, table row).
-        family: diffuseq | seqdiffuseq | difformer | autoregressive (or your own).
+        family: diffuseq | seqdiffuseq | difformer | discrete | autoregressive (or your own).
         recipe: recipe path pattern relative to the repository, ``{task}`` filled in.
         overlays: further ``-c`` files after the recipe.
         args: extra CLI arguments (layer counts, beams).
@@ -181,6 +181,7 @@ class System:
 
 CPU_SMALL = "recipes/overlays/cpu_small.yaml"
 CPU_SMALL_AR = "recipes/overlays/cpu_small_autoregressive.yaml"
+CPU_SMALL_DISCRETE = "recipes/overlays/cpu_small_discrete.yaml"
 ENC_DEC_LAYERS = ("--model.denoiser.encoder_layers", "3", "--model.denoiser.decoder_layers", "3")
 # The recipe's decoding (primary: curves, speed), and the same with runs of one token collapsed (an optional
 # post-process against repeated words, scored beside the plain output so its effect is visible).
@@ -210,6 +211,19 @@ SYSTEMS: list[System] = [
         (CPU_SMALL,),
         (*ENC_DEC_LAYERS, "--model.length_beam", "3"),
         decodings=DIFFUSION_DECODINGS,
+    ),
+    System(
+        "discrete",
+        "discrete",
+        "recipes/discrete/{task}.yaml",
+        (CPU_SMALL_DISCRETE,),
+        ENC_DEC_LAYERS,
+        # The recipe's decoding (10 steps), then the BLEU-vs-steps curve of the issue: 4, 8, 16, 32 steps.
+        decodings={
+            **DIFFUSION_DECODINGS,
+            **{f"{k} steps": {"steps": k} for k in (4, 8, 16, 32)},
+        },
+        requires=("lightning_diffusion.DiscreteDiffusionLM",),
     ),
     System(
         "autoregressive",

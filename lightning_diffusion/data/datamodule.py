@@ -386,6 +386,18 @@ class Seq2SeqDataModule(lightning.LightningDataModule):
         """Pad examples into a :class:`Seq2SeqBatch` (see :func:`collate_examples`)."""
         return collate_examples(examples, pad_id=self.pad_id, eos_id=self.eos_id)
 
+    def target_token_counts(self, vocab_size: int | None = None) -> torch.Tensor:
+        """How often each token id occurs in the training targets (each target's EOS included) ``[V]`` (int64):
+        the statistics of data-dependent schedules (DiffusionBERT's spindle). Every rank counts the whole
+        training split, so all ranks agree without communication."""
+        size = vocab_size if vocab_size is not None else self.vocab_size
+        counts = torch.zeros(size, dtype=torch.long)
+        for ex in self._dataset("train").examples:
+            if ex.tgt_ids:
+                counts += torch.bincount(torch.tensor(ex.tgt_ids, dtype=torch.long), minlength=size)[:size]
+            counts[self.eos_id] += 1
+        return counts
+
     def example_lengths(self, split: Split) -> list[int]:
         """Batching cost length per example: source tokens + target tokens + EOS (``max_tgt_len`` without targets).
 

@@ -1,0 +1,330 @@
+"""The discrete-diffusion LightningModule: corrupt target tokens, predict them back, decode by re-masking.
+
+Every part is injected (and so named by ``class_path`` in a recipe): the token denoiser (a factory called with the
+vocabulary size), the corruption process, the masking schedule, the loss terms, the sampler, the length
+predictor and the candidate selection. Validation, test, predict, ``generate`` and the benchmarks decode through
+the one decoding path (:func:`~lightning_diffusion.decoding.decode_batch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_diffusion.arguments import check_at_least, check_positive_finite
+from lightning_diffusion.decoding import Decoding, DecodingError
+from lightning_diffusion.discrete.corruption.absorbing import AbsorbingCorruption
+from lightning_diffusion.discrete.corruption.base import Corruption
+from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
+from lightning_diffusion.discrete.losses.base import DiscreteLossInputs, DiscreteLossTerm
+from lightning_diffusion.discrete.losses.masked_elbo import MaskedDiffusionELBO
+from lightning_diffusion.discrete.samplers.base import DiscreteSampler
+from lightning_diffusion.discrete.samplers.remasking import MaskPredictSampler
+from lightning_diffusion.discrete.schedules.base import MaskingSchedule
+from lightning_diffusion.discrete.schedules.linear import LinearMasking
+from lightning_diffusion.length import LengthPredictor
+from lightning_diffusion.losses import LengthNLL, LossTerm
+from lightning_diffusion.selection import CandidateSelection, MBRSelection
+from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
+from lightning_diffusion.types import Seq2SeqBatch, masked_mean
+
+_INJECTED = [
+    "denoiser", "corruption", "schedule", "loss_terms", "sampler", "length_predictor", "selection", "optimizer",
+    "lr_scheduler",
+]  # fmt: skip
+
+
+def stratified_times(batch_size: int, epsilon: float, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """``[B]`` times in ``[epsilon, 1]``, one per stratum ``[(i + u) / B]`` with a shared offset ``u`` (MDLM's
+    low-discrepancy sampler: the batch covers ``t`` evenly, which lowers the variance of the ``1 / t``-weighted
+    loss)."""
+    u = torch.rand((), device=device, generator=generator)
+    t = (torch.arange(batch_size, device=device) + u) / batch_size
+    return epsilon + (1.0 - epsilon) * t[torch.randperm(batch_size, device=device, generator=generator)]
+
+
+class DiscreteDiffusionLM(Seq2SeqModule):
+    """Sequence-to-sequence discrete (token) diffusion: absorbing, uniform or mask-and-replace corruption.
+
+    Training: draw ``t`` per example (stratified over the batch), corrupt the target with
+    ``q(x_t | x0)`` (:class:`Corruption` under the :class:`MaskingSchedule`), predict ``x0`` logits with the
+    denoiser and sum the weighted loss terms. Decoding: the sampler walks from the prior (all ``[MASK]`` for
+    absorbing) to tokens; with a length predictor each source gets the ``length_beam`` most likely lengths x
+    ``noise_beam`` samples and the selection (MBR) picks one.
+
+    Args:
+        denoiser: factory called with ``vocab_size`` that builds the :class:`TokenDenoiser`.
+        corruption: the forward process; default absorbing.
+        schedule: ``alpha(t)``; default linear. A schedule with statistics (spindle) is fitted on the training
+            targets before training starts.
+        loss_terms: default ``[MaskedDiffusionELBO]`` (absorbing only); add
+            :class:`~lightning_diffusion.losses.LengthNLL` with a length predictor.
+        sampler: decoding rule; default ``MaskPredictSampler(steps=10)``.
+        length_predictor: factory called with the denoiser's ``hidden_dim``; without one every target is a canvas
+            of ``min(max_length, ceil(length_ratio * longest source) + length_offset)`` positions whose tail is
+            padding the model learns to produce.
+        length_beam, noise_beam, selection: candidates per source and how one is picked (never with the reference).
+        time_epsilon: smallest training time (the ELBO weight ``1 / t`` is clipped there).
+        unroll_steps: SUNDAE's unrolled denoising (Savinov et al. 2022): with 2, the corrupted positions are
+            filled with the model's own (detached) samples and denoised again, and the cross-entropy of that second
+            pass against the target is added as the ``unrolled`` term. 1 = off.
+        unroll_weight: weight of the ``unrolled`` term.
+        length_ratio, length_offset, max_length: canvas rule and the cap on predicted lengths.
+        optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation: as in :class:`Seq2SeqModule`.
+    """
+
+    def __init__(
+        self,
+        denoiser: Callable[[int], TokenDenoiser],
+        corruption: Corruption | None = None,
+        schedule: MaskingSchedule | None = None,
+        loss_terms: list[LossTerm] | None = None,
+        sampler: DiscreteSampler | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        vocab_size: int = 0,
+        length_predictor: Callable[[int], LengthPredictor] | None = None,
+        length_beam: int = 1,
+        noise_beam: int = 1,
+        selection: CandidateSelection | None = None,
+        time_epsilon: float = 1e-3,
+        unroll_steps: int = 1,
+        unroll_weight: float = 1.0,
+        length_ratio: float = 1.5,
+        length_offset: int = 4,
+        max_length: int = 128,
+        log_samples: int = 3,
+        decode_seed: int = 0,
+        decode_during_validation: bool = True,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
+        self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
+        check_at_least("DiscreteDiffusionLM", 1, max_length=max_length, unroll_steps=unroll_steps)
+        check_positive_finite("DiscreteDiffusionLM", length_ratio=length_ratio)
+        if not 0.0 < time_epsilon < 1.0:
+            raise ValueError(f"DiscreteDiffusionLM: time_epsilon must be in (0, 1), got {time_epsilon}")
+        self.denoiser = denoiser(vocab_size)
+        self.corruption = corruption if corruption is not None else AbsorbingCorruption()
+        self.schedule = schedule if schedule is not None else LinearMasking()
+        self.loss_terms = nn.ModuleList(loss_terms if loss_terms is not None else [MaskedDiffusionELBO()])
+        self._check_loss_terms()
+        self.length_predictor = length_predictor(self.denoiser.hidden_dim) if length_predictor is not None else None
+        needs_length = [term.name for term in self.loss_terms if term.needs_length_predictor]
+        if needs_length and self.length_predictor is None:
+            raise ValueError(f"loss terms {needs_length} need a length_predictor; configure one or drop them")
+        if self.length_predictor is not None and not needs_length:
+            raise ValueError("a length_predictor is configured but no loss term trains it: add LengthNLL to loss_terms")
+        self.decoding = self.check_decoding(
+            Decoding(
+                sampler=sampler if sampler is not None else MaskPredictSampler(steps=10),
+                length_beam=length_beam,
+                noise_beam=noise_beam,
+                selection=selection if selection is not None else MBRSelection(),
+            )
+        )
+        self.time_epsilon = time_epsilon
+        self.unroll_steps = unroll_steps
+        self.unroll_weight = unroll_weight
+        self.length_ratio = length_ratio
+        self.length_offset = length_offset
+        self.max_length = max_length
+
+    def _check_loss_terms(self) -> None:
+        names = [term.name for term in self.loss_terms]
+        if len(set(names)) != len(names) or not names or "unrolled" in names:
+            raise ValueError(f"loss terms need distinct names (not 'unrolled') and at least one term, got {names}")
+        for term in self.loss_terms:
+            if not isinstance(term, (DiscreteLossTerm, LengthNLL)):
+                raise ValueError(
+                    f"loss term {type(term).__name__} belongs to the continuous family; DiscreteDiffusionLM takes "
+                    "lightning_diffusion.discrete.losses terms (MaskedDiffusionELBO, ReweightedCrossEntropy, D3PMHybrid) "
+                    "and LengthNLL"
+                )
+            if isinstance(term, DiscreteLossTerm) and term.needs_mask_state and not self.corruption.absorbing:
+                raise ValueError(
+                    f"loss term {type(term).__name__} is the absorbing-state ELBO; with {self.corruption.describe()} use "
+                    "ReweightedCrossEntropy or D3PMHybrid"
+                )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.denoiser.vocab_size
+
+    @property
+    def sampler(self) -> DiscreteSampler:
+        """The default decoding's sampler (read-only: pass another ``Decoding`` to change it)."""
+        assert isinstance(self.decoding.sampler, DiscreteSampler)
+        return self.decoding.sampler
+
+    @property
+    def length_beam(self) -> int:
+        return self.decoding.length_beam
+
+    @property
+    def noise_beam(self) -> int:
+        return self.decoding.noise_beam
+
+    def check_decoding(self, decoding: Decoding) -> Decoding:
+        sampler = decoding.sampler
+        if not isinstance(sampler, DiscreteSampler):
+            got = sampler.describe() if sampler is not None else (decoding.search.describe() if decoding.search else "none")
+            raise DecodingError(
+                f"decoding: {type(self).__name__} decodes tokens with a discrete sampler (MaskPredictSampler, "
+                f"DiscreteAncestralSampler, ConfidenceThresholdSampler, TauLeapingSampler), got {got}"
+            )
+        if sampler.needs_absorbing and not self.corruption.absorbing:
+            raise DecodingError(f"decoding: {type(sampler).__name__} needs absorbing corruption; this model uses {self.corruption.describe()}")
+        if decoding.length_beam > 1 and self.length_predictor is None:
+            raise DecodingError(
+                f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor; this model "
+                "decodes one padded canvas per source: use noise_beam for more candidates"
+            )
+        return decoding
+
+    def decoding_settings(self, decoding: Decoding | None = None) -> str:
+        described = super().decoding_settings(decoding)
+        return f"{described}, {self.corruption.describe()} corruption, {self.schedule.describe()}"
+
+    # ------------------------------------------------------------------ statistics
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit" or not self.schedule.needs_statistics or self.schedule.fitted:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not callable(getattr(datamodule, "target_token_counts", None)):
+            raise ValueError(f"{self.schedule.describe()} needs the training targets' token counts: use a data module with target_token_counts()")
+        counts = datamodule.target_token_counts(self.vocab_size)
+        self.schedule.fit(counts.to(self.device))
+        rank_zero_info(f"{self.schedule.describe()}: token information fitted on {int(counts.sum())} training target tokens")
+
+    # ------------------------------------------------------------------ training
+    def canvas_length(self, src_mask: Tensor) -> int:
+        """Decoding canvas for a batch: ``min(max_length, ceil(ratio * longest source) + offset)``."""
+        longest = int(src_mask.sum(-1).max())
+        return max(1, min(self.max_length, math.ceil(self.length_ratio * longest) + self.length_offset))
+
+    def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, terms = self.compute_losses(batch)
+        return loss, terms
+
+    def compute_losses(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training objective on one batch: the scalar loss and each term's batch mean."""
+        if batch.tgt_ids is None or batch.tgt_mask is None:
+            raise ValueError("training and validation batches need targets")
+        cond = self.denoiser.encode(batch.src_ids, batch.src_mask)
+        length_logits = length_targets = None
+        if self.length_predictor is None:
+            length = max(batch.tgt_ids.shape[1], self.canvas_length(batch.src_mask))
+            target = F.pad(batch.tgt_ids, (0, length - batch.tgt_ids.shape[1]), value=self.special_ids.pad)
+            loss_mask = torch.ones_like(target, dtype=torch.bool)
+            attention_mask = None
+        else:
+            target, loss_mask = batch.tgt_ids, batch.tgt_mask
+            attention_mask = batch.tgt_mask
+            length_logits = self.length_predictor(cond)
+            length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
+        b = target.shape[0]
+        t = stratified_times(b, self.time_epsilon, self.device)
+        alpha_t = self.schedule.alpha(t, target).expand_as(target)
+        x_t = self.corruption.sample(target, alpha_t, self.vocab_size)
+        if attention_mask is not None:
+            x_t = torch.where(attention_mask, x_t, target)  # positions past the length are never seen
+        logits = self.denoiser(x_t, t, cond, attention_mask)
+        inputs = DiscreteLossInputs(
+            x0=target,
+            x_t=x_t,
+            logits=logits,
+            mask=loss_mask,
+            t=t,
+            alpha_t=alpha_t,
+            rate_t=self.schedule.rate(t, target).expand_as(target),
+            alpha_at=lambda s: self.schedule.alpha(s, target).expand_as(target),
+            corruption=self.corruption,
+            mask_id=self.denoiser.mask_id,
+            length_logits=length_logits,
+            length_targets=length_targets,
+        )
+        per_term = {term.name: term(inputs) for term in self.loss_terms}
+        per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)
+        if self.unroll_steps > 1:
+            per_term["unrolled"] = self._unrolled(logits, x_t, target, loss_mask, t, cond, attention_mask)
+            per_example = per_example + self.unroll_weight * per_term["unrolled"]
+        loss = per_example.mean()
+        return loss, {name: value.mean() for name, value in per_term.items()}
+
+    def _unrolled(
+        self, logits: Tensor, x_t: Tensor, target: Tensor, loss_mask: Tensor, t: Tensor, cond: object, attention_mask: Tensor | None
+    ) -> Tensor:
+        """SUNDAE's unrolled term: fill the corrupted positions with the model's own samples (no gradient through
+        the draw), denoise again ``unroll_steps - 1`` times, cross-entropy of the last pass. Per example ``[B]``."""
+        x = x_t
+        corrupted = x_t != target
+        for _ in range(self.unroll_steps - 1):
+            with torch.no_grad():
+                probs = F.softmax(logits.detach().float(), dim=-1)
+                draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(x.shape)
+            x = torch.where(corrupted, draws, x_t)
+            logits = self.denoiser(x, t, cond, attention_mask)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+        return masked_mean(nll, loss_mask)
+
+    def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
+        loss, terms = self.compute_losses(batch)
+        if not torch.isfinite(loss):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
+                "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
+            )
+        n = len(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def generate(
+        self,
+        src_ids: Tensor,
+        src_mask: Tensor,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        decoding: Decoding | None = None,
+    ) -> Generation:
+        """Decode ``B`` sources ``[B, S]`` with ``decoding`` (default: ``self.decoding``): the source is encoded once;
+        ``length_beam`` lengths x ``noise_beam`` samples per source are decoded as one batch and the selection picks
+        one. Positions past a candidate's length hold the end token, so the hypothesis is cut there."""
+        decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
+        sampler = decoding.sampler
+        assert isinstance(sampler, DiscreteSampler)
+        cond = self.denoiser.encode(src_ids, src_mask)
+        per_source = decoding.noise_beam
+        tgt_mask = None
+        if self.length_predictor is not None:
+            top = self.length_predictor.top_lengths(self.length_predictor(cond), src_mask.sum(-1), decoding.length_beam, self.max_length)
+            per_source = top.shape[1] * decoding.noise_beam
+            lengths = top.repeat_interleave(decoding.noise_beam, dim=1).reshape(-1)
+            canvas = int(lengths.max())
+            tgt_mask = torch.arange(canvas, device=lengths.device)[None, :] < lengths[:, None]
+        else:
+            canvas = self.canvas_length(src_mask)
+        out = sampler.sample(
+            self.denoiser, self.schedule, self.corruption, cond.repeat_interleave(per_source), canvas, tgt_mask, generator, on_step
+        )
+        token_ids = out.token_ids
+        if tgt_mask is not None:
+            token_ids = token_ids.masked_fill(~tgt_mask, self.special_ids.eos)
+        texts = self.decode_ids(token_ids, collapse=decoding.collapse_repeats)
+        n = per_source
+        chosen = [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
+        return Generation(texts=chosen, nfe=out.nfe, candidates=n)
+
+
+__all__ = ["DiscreteDiffusionLM", "stratified_times"]

@@ -1,0 +1,19 @@
+"""Discrete samplers: ancestral reverse steps, mask-predict / RDM re-masking, confidence threshold, tau-leaping."""
+
+from lightning_diffusion.discrete.samplers.ancestral import DiscreteAncestralSampler
+from lightning_diffusion.discrete.samplers.base import DiscreteSampleOutput, DiscreteSampler, time_grid, token_choice
+from lightning_diffusion.discrete.samplers.remasking import MaskPredictSampler, decided_counts
+from lightning_diffusion.discrete.samplers.tau_leaping import TauLeapingSampler
+from lightning_diffusion.discrete.samplers.threshold import ConfidenceThresholdSampler
+
+__all__ = [
+    "ConfidenceThresholdSampler",
+    "DiscreteAncestralSampler",
+    "DiscreteSampleOutput",
+    "DiscreteSampler",
+    "MaskPredictSampler",
+    "TauLeapingSampler",
+    "decided_counts",
+    "time_grid",
+    "token_choice",
+]

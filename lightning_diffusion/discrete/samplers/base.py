@@ -1,0 +1,94 @@
+"""The discrete sampler interface: walk from the prior ``q(x_1)`` to tokens in ``steps`` denoiser calls."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_diffusion.discrete.corruption.base import Corruption
+from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
+from lightning_diffusion.discrete.schedules.base import MaskingSchedule
+from lightning_diffusion.samplers.chain import ChainSampler
+from lightning_diffusion.types import Conditioning
+
+
+@dataclass
+class DiscreteSampleOutput:
+    """What a discrete sampler returns.
+
+    Attributes:
+        token_ids: ``[B, L]`` long, the decoded tokens (no ``[MASK]`` left).
+        nfe: denoiser calls actually made for the batch (steps whose input did not change reuse the last call).
+    """
+
+    token_ids: Tensor
+    nfe: int
+
+
+def time_grid(steps: int, device: torch.device | None = None) -> Tensor:
+    """``steps + 1`` times from 1 down to 0, evenly spaced: ``[1, 1 - 1/K, ..., 0]``."""
+    return torch.linspace(1.0, 0.0, steps + 1, device=device)
+
+
+def token_choice(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Pick a token per position from logits ``[B, L, V]``: argmax when ``temperature == 0``, else a draw from
+    ``softmax(logits / temperature)``. Returns the ids ``[B, L]`` and the model's probability of each pick
+    ``[B, L]`` (at temperature 1; the confidence the re-masking rules rank by)."""
+    probs = F.softmax(logits.float(), dim=-1)
+    if temperature == 0:
+        ids = probs.argmax(-1)
+    else:
+        scaled = F.softmax(logits.float() / temperature, dim=-1)
+        ids = torch.multinomial(scaled.reshape(-1, scaled.shape[-1]), 1, generator=generator).reshape(logits.shape[:-1])
+    return ids, probs.gather(-1, ids[..., None]).squeeze(-1)
+
+
+class DiscreteSampler(ChainSampler):
+    """Base of the discrete samplers.
+
+    Args:
+        steps: sampling steps ``K`` (the most denoiser calls per candidate).
+        temperature: 0 = the most likely token at every decision (default), else sample ``softmax(logits / T)``.
+    """
+
+    #: True for samplers defined only for absorbing corruption (every corrupted token is ``[MASK]``).
+    needs_absorbing: bool = False
+
+    def __init__(self, steps: int = 10, temperature: float = 0.0) -> None:
+        super().__init__(steps)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.temperature = temperature
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(steps={self.steps}, temperature={self.temperature:g})"
+
+    @abstractmethod
+    def sample(
+        self,
+        denoiser: TokenDenoiser,
+        schedule: MaskingSchedule,
+        corruption: Corruption,
+        cond: Conditioning,
+        length: int,
+        tgt_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> DiscreteSampleOutput:
+        """Decode one batch.
+
+        Args:
+            cond: conditioning for ``B`` sequences (already repeated per candidate).
+            length: canvas length ``L``.
+            tgt_mask: ``[B, L]`` positions that exist (the rest are ignored and returned as 0), or None for all.
+            generator: RNG for the prior draw and every random decision.
+            on_step: called with ``(done, total)`` after each step (progress bars).
+        """
+
+
+__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "time_grid", "token_choice"]

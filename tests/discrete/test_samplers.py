@@ -1,0 +1,108 @@
+"""Discrete samplers driven by an oracle denoiser recover the target; the unmasking rules hold; NFE is honest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_diffusion.discrete import (
+    AbsorbingCorruption,
+    ConfidenceThresholdSampler,
+    CosineMasking,
+    DiscreteAncestralSampler,
+    LinearMasking,
+    MaskAndReplaceCorruption,
+    MaskPredictSampler,
+    TauLeapingSampler,
+    TokenDenoiser,
+    UniformCorruption,
+)
+from lightning_diffusion.discrete.samplers import decided_counts
+from lightning_diffusion.types import Conditioning
+
+V = 11
+
+
+class Oracle(TokenDenoiser):
+    """Returns logits that put (almost) all mass on the true target; records the masks it was shown."""
+
+    def __init__(self, target: torch.Tensor, sure: float = 30.0) -> None:
+        super().__init__(V, 8)
+        self.target = target
+        self.sure = sure
+        self.masked_seen: list[torch.Tensor] = []
+
+    def encode(self, src_ids, src_mask):
+        return Conditioning(hidden=torch.zeros(src_ids.shape[0], 1, 8), mask=src_mask)
+
+    def forward(self, x_t, t, cond, tgt_mask=None):
+        self.masked_seen.append((x_t == self.mask_id).sum(-1))
+        # Confidence differs by position so re-masking has a strict order: later positions are surer.
+        ramp = torch.linspace(0.0, 1.0, x_t.shape[1])[None, :, None]
+        return torch.nn.functional.one_hot(self.target, V).float() * (self.sure + ramp)
+
+
+def run(sampler, corruption=None, lengths=(7, 4), steps_seen=False):
+    target = torch.randint(0, V, (len(lengths), max(lengths)), generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
+    oracle = Oracle(target)
+    cond = oracle.encode(torch.zeros(len(lengths), 3, dtype=torch.long), torch.ones(len(lengths), 3, dtype=torch.bool))
+    out = sampler.sample(oracle, LinearMasking(), corruption or AbsorbingCorruption(), cond, max(lengths), mask, torch.Generator().manual_seed(1))
+    return out, target.masked_fill(~mask, 0), oracle
+
+
+SAMPLERS = [
+    MaskPredictSampler(steps=4),
+    MaskPredictSampler(steps=4, rescore=False, rule=CosineMasking()),
+    DiscreteAncestralSampler(steps=6),
+    DiscreteAncestralSampler(steps=6, temperature=1.0),
+    ConfidenceThresholdSampler(steps=5),
+    TauLeapingSampler(steps=5),
+]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda s: s.describe())
+def test_oracle_denoiser_is_recovered_exactly(sampler) -> None:
+    out, target, _ = run(sampler)
+    assert torch.equal(out.token_ids, target)
+    assert 1 <= out.nfe <= sampler.steps
+
+
+@pytest.mark.parametrize("corruption", [UniformCorruption(), MaskAndReplaceCorruption(0.2)], ids=["uniform", "mask_and_replace"])
+@pytest.mark.parametrize("sampler", [MaskPredictSampler(steps=4), DiscreteAncestralSampler(steps=6)], ids=["mask_predict", "ancestral"])
+def test_non_absorbing_corruption_is_recovered(sampler, corruption) -> None:
+    out, target, _ = run(sampler, corruption)
+    assert torch.equal(out.token_ids, target)
+
+
+def test_decided_counts_follow_the_rule() -> None:
+    assert decided_counts(torch.tensor([10]), LinearMasking(), 5)[:, 0].tolist() == [2, 4, 6, 8, 10]
+    cosine = decided_counts(torch.tensor([20, 3]), CosineMasking(), 6)
+    assert cosine[-1].tolist() == [20, 3]
+    assert bool((cosine[1:] >= cosine[:-1]).all())
+    steps = cosine[:, 0].diff().tolist()
+    assert steps[0] <= steps[-1]  # cosine decides few first and most last
+    assert cosine[:3, 1].tolist() == [1, 2, 3]  # at least one more per step while any is left
+
+
+def test_mask_predict_unmasks_by_the_rule_and_keeps_decided_tokens() -> None:
+    """Without re-scoring, the denoiser sees ``L - n_{k-1}`` masks at step ``k``."""
+    _, _, oracle = run(MaskPredictSampler(steps=5, rescore=False), lengths=(10,))
+    assert [int(m) for m in torch.stack(oracle.masked_seen)[:, 0]] == [10, 8, 6, 4, 2]
+
+
+def test_ancestral_skips_calls_when_nothing_changed() -> None:
+    out, target, _ = run(DiscreteAncestralSampler(steps=60), lengths=(3, 2))
+    assert torch.equal(out.token_ids, target)
+    assert out.nfe < 60  # at most one call per step that unmasked something
+
+
+def test_threshold_sampler_stops_early_when_sure() -> None:
+    out, target, _ = run(ConfidenceThresholdSampler(steps=16, threshold=0.5))
+    assert torch.equal(out.token_ids, target)
+    assert out.nfe == 1  # every pick is above the threshold at the first call
+
+
+def test_tau_leaping_needs_absorbing() -> None:
+    with pytest.raises(ValueError, match="absorbing"):
+        run(TauLeapingSampler(steps=3), UniformCorruption())
