@@ -98,3 +98,27 @@ def test_ddp_two_cpu_processes_train_and_predict_through_the_cli(tmp_path: Path,
     distributed, reference = predictions(tmp_path / "ddp_predict"), predictions(tmp_path / "single_predict")
     assert [row["source"] for row in distributed] == [row["src"] for row in inputs]  # complete, ordered, no duplicates
     assert [row["hypothesis"] for row in distributed] == [row["hypothesis"] for row in reference]
+
+
+def test_ddp_trains_the_discrete_family_with_identical_statistics(tmp_path: Path, tiny_data: TinyData) -> None:
+    """Two CPU ranks fit the spindle schedule on the same statistics and stay in sync (the predict path is shared
+    with every family and checked above)."""
+    recipe = RECIPES_DIR / "discrete" / "multi30k_en_de_spindle.yaml"
+    record = tmp_path / "record"
+    config = {
+        "trainer": {
+            "callbacks": [
+                {"class_path": "run_probes.BatchRecorder", "init_args": {"directory": str(record)}},
+                {"class_path": "run_probes.DumpTrainingState", "init_args": {"directory": str(record)}},
+            ]
+        }
+    }
+    (tmp_path / "overlay.yaml").write_text(json.dumps(config), encoding="utf-8")
+    tiny = make_tiny_overrides(tmp_path / "run", recipe, data=tiny_data, max_steps=4, val_check_interval=4)
+    fit = cli("fit", "-c", recipe, "-c", tmp_path / "overlay.yaml", *tiny, *DDP, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-4000:]
+    rows = [json.loads(line) for rank in (0, 1) for line in (record / f"rank{rank}.jsonl").read_text().splitlines()]
+    assert {row["rank"] for row in rows} == {0, 1}
+    state = [torch.load(record / f"buffers_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert state[0]["schedule.information"].numel() > 0
+    assert torch.equal(state[0]["schedule.information"], state[1]["schedule.information"])

@@ -137,3 +137,45 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path: P
     assert torch.equal(ema["schedule.refits"], live["schedule.refits"])
     initial = AdaptiveSchedule(num_steps=20, max_length=40, num_bins=5).alpha_bar_table
     assert not torch.equal(live["schedule.alpha_bar_table"], initial)
+
+
+DISCRETE_RECIPE = RECIPES_DIR / "discrete" / "multi30k_en_de_spindle.yaml"  # spindle statistics, time input, EMA
+
+
+def fit_discrete(root: Path, data: TinyData, name: str, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess[str]:
+    record_dir = root / name / "record"
+    callbacks: list[dict[str, Any]] = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"every_n_train_steps": CHECKPOINT_EVERY, "save_last": True, "save_top_k": -1}},
+        {"class_path": "lightning_diffusion.callbacks.EMA", "init_args": {"decay": 0.9}},
+        {"class_path": "run_probes.BatchRecorder", "init_args": {"directory": str(record_dir)}},
+    ]
+    if kill_at is not None:
+        callbacks.append({"class_path": "run_probes.KillAtStep", "init_args": {"step": kill_at}})
+    config = {"trainer": {"callbacks": callbacks}, "model": {"init_args": {"denoiser": {"init_args": {"dropout": 0.1}}}}}
+    (root / f"{name}.yaml").write_text(json.dumps(config), encoding="utf-8")
+    args = [
+        "-c", str(DISCRETE_RECIPE), "-c", str(root / f"{name}.yaml"),
+        *make_tiny_overrides(root / name, DISCRETE_RECIPE, data=data, max_steps=MAX_STEPS, val_check_interval=6),
+        "--data.max_tokens", "512", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_diffusion.cli", "fit", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_discrete_family_resumes_exactly(tmp_path: Path, tiny_data: TinyData) -> None:
+    """The discrete family (spindle statistics in the checkpoint, stratified times, EMA) resumes as exactly."""
+    straight = fit_discrete(tmp_path, tiny_data, "straight")
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    killed = fit_discrete(tmp_path, tiny_data, "crash", kill_at=KILL_AT)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-4000:])
+    resumed = fit_discrete(tmp_path, tiny_data, "crash", "--ckpt_path", str(checkpoint(tmp_path, "crash")))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "token information fitted" not in resumed.stderr  # statistics came back with the checkpoint
+    expected = {row["step"]: row for row in records(tmp_path, "straight")}
+    for row in records(tmp_path, "crash"):
+        assert row["loss"] == pytest.approx(expected[row["step"]]["loss"], rel=1e-5), f"step {row['step']}"
+    final = torch.load(checkpoint(tmp_path, "crash"), map_location="cpu", weights_only=True)
+    assert_same_state(final, torch.load(checkpoint(tmp_path, "straight"), map_location="cpu", weights_only=True))
+    assert final["state_dict"]["schedule.information"].numel() > 0

@@ -1,0 +1,137 @@
+"""DiscreteDiffusionLM in-process: the objective, pinned first losses, decoding paths, statistics, checkpoints."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning import Trainer
+
+from lightning_diffusion import DiscreteDiffusionLM
+from lightning_diffusion.data import tokenizer_fingerprint
+from lightning_diffusion.decoding import DecodingError, decode_batch
+from lightning_diffusion.discrete import (
+    D3PMHybrid,
+    DiscreteAncestralSampler,
+    EncoderDecoderTokenDenoiser,
+    MaskAndReplaceCorruption,
+    MaskedDiffusionELBO,
+    MaskPredictSampler,
+    PrefixTokenDenoiser,
+    ReweightedCrossEntropy,
+    SpindleMasking,
+    UniformCorruption,
+)
+from lightning_diffusion.discrete.model import stratified_times
+from lightning_diffusion.length import LengthPredictor
+from lightning_diffusion.losses import X0MSE, LengthNLL
+from lightning_diffusion.samplers import DDIMSampler
+
+ENC_DEC = functools.partial(
+    EncoderDecoderTokenDenoiser, hidden_dim=32, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=64, dropout=0.0, max_positions=128
+)
+PREFIX = functools.partial(PrefixTokenDenoiser, hidden_dim=32, num_layers=1, num_heads=2, ffn_dim=64, dropout=0.0, max_positions=256)
+
+
+def make(tok: Any, **kwargs: Any) -> DiscreteDiffusionLM:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(denoiser=ENC_DEC, sampler=MaskPredictSampler(steps=3), vocab_size=len(tok))
+    options.update(kwargs)
+    module = DiscreteDiffusionLM(**options)
+    module.attach_tokenizer(tok, tokenizer_fingerprint(tok))
+    return module
+
+
+def with_length(tok: Any, **kwargs: Any) -> DiscreteDiffusionLM:
+    return make(
+        tok,
+        loss_terms=[ReweightedCrossEntropy(), LengthNLL()],
+        length_predictor=functools.partial(LengthPredictor, max_offset=8),
+        **kwargs,
+    )
+
+
+def test_stratified_times_cover_the_interval() -> None:
+    t = stratified_times(8, 1e-3, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert t.min() >= 1e-3 and t.max() <= 1.0
+    assert sorted(int(v * 8) for v in ((t - 1e-3) / (1 - 1e-3))) == list(range(8))  # one per stratum
+
+
+def test_first_losses_are_pinned(tok: Any, batch: Any) -> None:
+    """Changing the objective, the corruption draw or the network's initialisation changes these numbers."""
+    torch.manual_seed(1)
+    loss, terms = make(tok).compute_losses(batch)
+    assert set(terms) == {"elbo"}
+    torch.manual_seed(1)
+    loss_len, terms_len = with_length(tok).compute_losses(batch)
+    assert set(terms_len) == {"rdm", "length"}
+    # ln(300) = 5.70 nats per token at initialisation, times the ELBO weight 1/t on the masked share.
+    assert loss.item() == pytest.approx(PINNED["elbo"], rel=1e-4)
+    assert loss_len.item() == pytest.approx(PINNED["rdm+length"], rel=1e-4)
+
+
+PINNED = {"elbo": 6.4506, "rdm+length": 3.2493}
+
+
+def test_every_corruption_and_loss_trains_a_step(tok: Any, batch: Any) -> None:
+    for kwargs in (
+        dict(corruption=UniformCorruption(), loss_terms=[ReweightedCrossEntropy()]),
+        dict(corruption=MaskAndReplaceCorruption(0.2), loss_terms=[D3PMHybrid(num_steps=20)]),
+        dict(loss_terms=[MaskedDiffusionELBO()], unroll_steps=2, denoiser=PREFIX),
+    ):
+        module = make(tok, **kwargs)
+        loss, terms = module.compute_losses(batch)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())
+        if kwargs.get("unroll_steps"):
+            assert "unrolled" in terms and terms["unrolled"] > 0
+
+
+def test_bad_combinations_are_errors(tok: Any) -> None:
+    with pytest.raises(ValueError, match="absorbing-state ELBO"):
+        make(tok, corruption=UniformCorruption())
+    with pytest.raises(ValueError, match="continuous family"):
+        make(tok, loss_terms=[X0MSE()])
+    with pytest.raises(DecodingError, match="discrete sampler"):
+        make(tok, sampler=DDIMSampler(steps=3))
+    with pytest.raises(DecodingError, match="length predictor"):
+        make(tok, length_beam=3)
+    with pytest.raises(ValueError, match="no loss term trains it"):
+        make(tok, length_predictor=functools.partial(LengthPredictor, max_offset=8))
+
+
+@pytest.mark.parametrize("length", [False, True], ids=["canvas", "length_predictor"])
+def test_generate_through_the_one_decoding_path(tok: Any, batch: Any, length: bool) -> None:
+    module = with_length(tok, length_beam=2, noise_beam=2) if length else make(tok, noise_beam=2)
+    module.eval()
+    decoded = decode_batch(module, batch, seed=0)
+    again = decode_batch(module, batch, seed=0)
+    assert [r["hypothesis"] for r in decoded.rows] == [r["hypothesis"] for r in again.rows]  # seeded
+    assert decoded.candidates == (4 if length else 2) and decoded.nfe == 3
+    other = module.decoding.replace(sampler=DiscreteAncestralSampler(steps=5))
+    out = decode_batch(module, batch, other, seed=0)
+    assert len(out.rows) == len(batch) and 1 <= out.nfe <= 5
+    assert module.decoding.sampler.steps == 3  # the model's own decoding is unchanged
+    assert "AbsorbingCorruption" in module.decoding_settings()
+
+
+def test_spindle_is_fitted_on_the_training_targets_and_checkpointed(tok: Any, tiny_datamodule: Any, tmp_path: Path) -> None:
+    module = make(tok, schedule=SpindleMasking(0.3), vocab_size=tiny_datamodule.vocab_size)
+    trainer = Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=tiny_datamodule)
+    assert module.schedule.fitted and module.schedule.information.numel() == tiny_datamodule.vocab_size
+    counts = tiny_datamodule.target_token_counts()
+    assert int(counts[tiny_datamodule.eos_id]) >= len(tiny_datamodule.datasets["train"])
+    path = tmp_path / "spindle.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = DiscreteDiffusionLM.load_from_checkpoint(path, denoiser=ENC_DEC, sampler=MaskPredictSampler(steps=3), schedule=SpindleMasking(0.3))
+    assert torch.equal(loaded.schedule.information, module.schedule.information)
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
