@@ -16,9 +16,13 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   PY=.venv/bin/python
 fi
 
+# Versions are read from package metadata, not by importing torch: before the package's own dependencies are in,
+# `import torch` warns "Failed to initialize NumPy" (numpy is not installed yet), which no one needs to act on.
+version_of() { "$PY" -c "from importlib.metadata import version; print(version('$1'))"; }
+
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if "$PY" -c "import torch" 2>/dev/null; then
-  echo "setup: torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
+  echo "setup: torch $(version_of torch) already installed"
 elif [ -n "${TORCH_INDEX_URL:-}" ]; then
   "$PY" -m pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
 else
@@ -26,7 +30,7 @@ else
 fi
 
 # Keep whatever torch is installed now: the package's own `torch>=` lower bound must not pull another build.
-TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+TORCH_VERSION=$(version_of torch | cut -d+ -f1)
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
@@ -34,4 +38,4 @@ echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
 EXTRAS="dev"
 if [ "${1:-}" = "--xformers" ]; then EXTRAS="dev,xformers"; fi
 "$PY" -m pip install -c "$CONSTRAINTS" -e ".[$EXTRAS]"
-echo "setup: done ($("$PY" -c 'import lightning_diffusion, torch; print("lightning_diffusion", lightning_diffusion.__version__, "| torch", torch.__version__)'))"
+echo "setup: done (lightning_diffusion $(version_of lightning-diffusion) | torch $(version_of torch))"

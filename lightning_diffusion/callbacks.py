@@ -168,10 +168,18 @@ class SampleTextLogger(Callback):
         return "\n".join(lines)
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 class SamplingProgress(Callback):
     """A tqdm bar (stderr, cleared when done) over the diffusion steps of each batch decoded in validation, test and
     predict, so a long sampling run shows it is moving. Shown on rank zero only, only while the trainer's progress
-    bar is enabled, and only once a batch has been sampling for ``delay`` seconds (short batches draw nothing).
+    bar is enabled and draws bars (stderr is a terminal), and only once a batch has been sampling for ``delay``
+    seconds (short batches draw nothing).
 
     The module calls :meth:`on_sampling_step` from the sampler's ``on_step(done, total)`` (see
     ``Seq2SeqModule._decode_batch``); models without sampling steps (autoregressive search) never call it.
@@ -188,8 +196,13 @@ class SamplingProgress(Callback):
 
     @staticmethod
     def enabled(trainer: Trainer) -> bool:
-        """Rank zero, with the trainer's progress bar on."""
-        return trainer.is_global_zero and trainer.progress_bar_callback is not None
+        """Rank zero, with the trainer's progress bar on and drawing bars: its ``interactive`` (see
+        :class:`~lightning_diffusion.step_progress_bar.StepProgressBar`), else whether stderr is a terminal."""
+        bar = trainer.progress_bar_callback
+        if not trainer.is_global_zero or bar is None:
+            return False
+        interactive = getattr(bar, "interactive", None)
+        return bool(interactive) if interactive is not None else _isatty(sys.stderr)
 
     def on_sampling_step(self, trainer: Trainer, pl_module: LightningModule, done: int, total: int) -> None:
         """Advance the bar to ``done`` of ``total`` steps (a new bar when a new batch starts)."""
@@ -282,10 +295,27 @@ class EMA(EMAWeightAveraging):
             self._kwargs.pop("avg_fn", None)
             self._kwargs["multi_avg_fn"] = warmup_ema_multi_avg_fn(decay)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._copy_buffers(pl_module)  # statistics the module's setup() filled in after the average was copied
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._copy_buffers(pl_module)  # before AveragedModel's own buffer copy, which needs equal shapes
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._copy_buffers(pl_module)  # AveragedModel copies buffers only on its updates (every update_every_n_steps)
+
+    def _copy_buffers(self, pl_module: LightningModule) -> None:
+        """Copy every buffer of the module into the average, replacing those whose shape changed (e.g. the
+        spindle schedule's statistics, sized from the data in ``setup``)."""
         if self._average_model is None:
             return
-        with torch.no_grad():  # AveragedModel copies buffers only on its updates (every update_every_n_steps)
-            for average, current in zip(self._average_model.module.buffers(), pl_module.buffers(), strict=True):
-                average.copy_(current.to(average.device))
+        average_module = self._average_model.module
+        with torch.no_grad():
+            for name, current in pl_module.named_buffers():
+                average = average_module.get_buffer(name)
+                if average.shape == current.shape:
+                    average.copy_(current.to(average.device))
+                else:
+                    owner_name, _, leaf = name.rpartition(".")
+                    owner = average_module.get_submodule(owner_name) if owner_name else average_module
+                    owner.register_buffer(leaf, current.detach().clone().to(average.device))

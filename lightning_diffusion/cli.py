@@ -3,7 +3,9 @@
 ``fit | validate | test | predict`` are LightningCLI subcommands over a recipe (``-c recipe.yaml``,
 ``--print_config``, dotted overrides) with ``--decoding.*`` overrides of the model's decoding settings;
 ``export`` writes a ``save_pretrained``-style directory from a checkpoint; ``generate`` decodes ad-hoc text.
-Checkpoints are always read weights-only unless ``--weights_only false`` is given explicitly.
+Checkpoints are always read weights-only unless ``--weights_only false`` is given explicitly. The trainer's progress
+bar and model summary default to :class:`StepProgressBar` and :class:`ParameterSummary`. The console script enters
+through :mod:`lightning_diffusion.commands`, which answers ``--help`` without importing this module.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import CLI
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_diffusion.autoregressive.search import Search
 from lightning_diffusion.averaging import average
+from lightning_diffusion.commands import COMMANDS as COMMANDS  # re-exported: the command table lives there
+from lightning_diffusion.commands import usage
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.data.jsonl import DataError
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import DecodingError, carry_over_sampler
+from lightning_diffusion.discrete import samplers as _discrete_samplers  # noqa: F401  short names for --sampler
 from lightning_diffusion.distill import distill
 from lightning_diffusion.generate import generate
+from lightning_diffusion.parameter_summary import ParameterSummary
 from lightning_diffusion.pretrained import (
     METADATA_FILE,
     TOKENIZER_DIR,
@@ -39,40 +46,10 @@ from lightning_diffusion.pretrained import (
 from lightning_diffusion.quiet import quiet_known_noise
 from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
+from lightning_diffusion.step_progress_bar import StepProgressBar
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
 DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search", "collapse_repeats")
-
-COMMANDS = {
-    "fit": "train a model from a recipe (-c recipes/<family>/<dataset>.yaml); resume with --ckpt_path",
-    "validate": "decode and score the validation split with a checkpoint or an export (BLEU, ROUGE, settings)",
-    "test": "decode and score the test split with a checkpoint or an export (BLEU, ROUGE, settings)",
-    "predict": "decode an input file (data.predict_file) to <run dir>/predictions.jsonl, in input order",
-    "export": "write a checkpoint as a directory: config.yaml, model.safetensors, tokenizer/, export.json",
-    "generate": "translate or summarize text given as arguments or on stdin, one hypothesis per line",
-    "distill": "decode a training file with a teacher into distilled {src, tgt} JSONL (resumable, with provenance)",
-    "average": "average the weights of checkpoints (CKPT ... or --last K --dir DIR) into one, for evaluation/export",
-}
-
-
-def usage() -> str:
-    """The top-level help: every command with one line, and where to read more."""
-    width = max(map(len, COMMANDS))
-    lines = [
-        "usage: lightning-diffusion COMMAND [options]",
-        "",
-        "Sequence-to-sequence diffusion models (DiffuSeq, SeqDiffuSeq, Difformer-style) and an autoregressive",
-        "baseline, trained and evaluated from recipe YAMLs.",
-        "",
-        "commands:",
-        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
-        "",
-        "Each command has its own help: lightning-diffusion COMMAND --help",
-        "Decoding settings of validate/test/predict/fit: --decoding.steps, --decoding.sampler, --decoding.length_beam,",
-        "--decoding.noise_beam (diffusion), --decoding.search (autoregressive); they apply on top of a checkpoint's.",
-    ]
-    return "\n".join(lines)
-
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Dotted keys of a nested config with the ``init_args`` levels left out (``sampler.steps``)."""
@@ -189,21 +166,51 @@ class LightningDiffusionCLI(LightningCLI):
     def _run_logger(self) -> TensorBoardLogger | None:
         """A command started from a run's checkpoint (``fit`` resuming, ``validate | test | predict``) logs into that
         run's directory (``version_N``) instead of a new ``version_N+1``: resumed training keeps ``last.ckpt`` where it
-        was, and predictions, scores and TensorBoard events land beside the checkpoint. Only with the default logger
-        and when the command line names no ``--trainer.default_root_dir`` or ``--trainer.logger``; the saved config
-        is not changed."""
+        was, and predictions, scores and TensorBoard events land beside the checkpoint. One started from an export
+        directory (``--ckpt_path exported/``) logs into ``<export dir>/lightning_logs/version_N`` unless the config
+        names a ``trainer.default_root_dir``. Only with the default logger and when the command line names no
+        ``--trainer.default_root_dir`` or ``--trainer.logger``; the saved config is not changed."""
         config = self.config[self.subcommand]
         ckpt_path = config.get("ckpt_path")
-        run = run_dir_of(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
         told = [arg for arg in getattr(self, "_argv", []) if arg.startswith(("--trainer.default_root_dir", "--trainer.logger"))]
-        if run is None or told or config.trainer.get("logger") not in (None, True):
+        if not ckpt_path or told or config.trainer.get("logger") not in (None, True):
             return None  # an output directory or logger given on the command line wins
+        if Path(ckpt_path).is_dir():
+            if config.trainer.get("default_root_dir") is not None:
+                return None
+            return TensorBoardLogger(save_dir=str(ckpt_path), name="lightning_logs")
+        run = run_dir_of(ckpt_path) if Path(ckpt_path).is_file() else None
+        if run is None:
+            return None
         return TensorBoardLogger(save_dir=str(run.parent.parent), name=run.parent.name, version=run.name)
+
+    def _display_callbacks(self, trainer_config: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """:class:`StepProgressBar` and :class:`ParameterSummary` in place of Lightning's default bar and summary,
+        unless the trainer config turns them off or names its own; returns the callbacks to add and the trainer
+        arguments that keep Lightning from adding its defaults."""
+        given = trainer_config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if trainer_config.get("barebones"):
+            return [], {}
+        added: list[Any] = []
+        options: dict[str, Any] = {}
+        if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            added.append(StepProgressBar())
+        if trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in given):
+            added.append(ParameterSummary())
+            options["enable_model_summary"] = False  # Lightning's own summary; ParameterSummary runs regardless
+        return added, options
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         logger = self._run_logger() if self.subcommand is not None else None
         if logger is not None:
             kwargs.setdefault("logger", logger)
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        added, options = self._display_callbacks(trainer_config)
+        if added:
+            given = trainer_config.get("callbacks") or []
+            kwargs["callbacks"] = [*(given if isinstance(given, list) else [given]), *added]
+            kwargs.update(options)
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -244,6 +251,7 @@ def export(ckpt_path: str, output_dir: str, tokenizer: str | None = None) -> Non
     out = export_pretrained(ckpt_path, output_dir, tokenizer)
     print(f"exported {ckpt_path} to {out}/ ({WEIGHTS_FILE}, config.yaml, {TOKENIZER_DIR}/, {METADATA_FILE})")
     print(f"  predict: lightning-diffusion predict -c {out}/config.yaml --ckpt_path {out} --data.predict_file <inputs>")
+    print(f"           (writes {out}/lightning_logs/version_N/predictions.jsonl; --trainer.default_root_dir DIR to change)")
 
 
 TOOLS = {"export": export, "generate": generate, "distill": distill, "average": average}

@@ -20,11 +20,18 @@ NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
     ),
 )
 TIP_PREFIX = "\U0001f4a1 Tip:"  # Lightning's advertisements for its cloud services
+# (start of a log message, why it is noise for our users)
+NOISY_LOG_MESSAGES: tuple[tuple[str, str], ...] = (
+    (TIP_PREFIX, "advertisements for Lightning's cloud services"),
+    ("TPU available: False", "no TPU support here; the GPU line (kept) says whether an accelerator was found"),
+)
 
 
-class _DropTips(logging.Filter):
+class _DropNoise(logging.Filter):
+    """Drops the log messages of ``NOISY_LOG_MESSAGES``."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(TIP_PREFIX)
+        return not str(record.getMessage()).startswith(tuple(start for start, _why in NOISY_LOG_MESSAGES))
 
 
 def quiet_known_noise() -> None:
@@ -33,8 +40,8 @@ def quiet_known_noise() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in logger.filters):
-            logger.addFilter(_DropTips())
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
 
 
-__all__ = ["NOISY_WARNINGS", "quiet_known_noise"]
+__all__ = ["NOISY_LOG_MESSAGES", "NOISY_WARNINGS", "quiet_known_noise"]

@@ -3,10 +3,17 @@ predict / test, plus the error paths (bad data file, unknown recipe key)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import struct
 import subprocess
 import sys
+import termios
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +22,9 @@ import pytest
 import torch
 from conftest import RECIPES_DIR, TinyData, make_tiny_overrides
 
+from lightning_diffusion.commands import COMMANDS
 from lightning_diffusion.metrics import corpus_bleu
+from lightning_diffusion.step_progress_bar import StepProgressBar
 
 RECIPE = RECIPES_DIR / "quickstart.yaml"
 
@@ -162,8 +171,10 @@ def test_the_command_drops_noise_a_user_cannot_act_on(
         run_cli(["validate", "-c", str(recipe), *tiny_overrides(tmp_path, recipe), "--ckpt_path", str(ckpt)])
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "LeafSpec" in m or "custom batch sampler" in m or "outside the 'fit' stage" in m]
-    assert "Tip:" not in caplog.text
+    assert "Tip:" not in caplog.text and "TPU available" not in caplog.text
+    assert "FLOPs" not in caplog.text and "Modules in" not in caplog.text  # the model summary without them
     assert "[val @ step 2] BLEU" in caplog.text  # the messages that matter still arrive
+    assert "GPU available:" in caplog.text and " parameters (" in caplog.text
 
 
 def test_known_failures_are_one_line_errors_with_a_debug_switch(
@@ -220,3 +231,133 @@ def test_a_tokenizer_directory_that_does_not_exist_is_an_error(tmp_path: Path, t
     assert not missing.exists()
     run_cli([*args, "--data.tokenizer_train_if_missing", "true"])  # asked for explicitly: trained and saved there
     assert (missing / "tokenizer.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- a newcomer's first hour
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_in_terminal(*args: str | Path, cwd: Path, columns: int = 120, timeout: float = 300.0) -> str:
+    """The command with stdout and stderr on a pseudo-terminal, as in an interactive shell: all it showed, with the
+    cursor-movement codes removed (bars redraw with carriage returns)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [*_command(), *map(str, args)], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the command closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, b"".join(chunks).decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return ANSI.sub("", b"".join(chunks).decode("utf-8", errors="replace"))
+
+
+def screens(text: str) -> list[str]:
+    """One entry per line or redraw (the text between carriage returns and newlines)."""
+    return [part.strip() for part in re.split(r"[\r\n]", text) if part.strip()]
+
+
+def test_help_lists_every_command_without_importing_torch(tmp_path: Path) -> None:
+    """``--help`` (the console script, ``python -m lightning_diffusion``) and a mistyped command answer from the light
+    dispatcher."""
+    for command in (_command(), [sys.executable, "-m", "lightning_diffusion"]):
+        out = subprocess.run([*command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True).stdout
+        for name in ("fit", "validate", "test", "predict", "export", "generate", "distill", "average"):
+            (line,) = [line for line in out.splitlines() if line.startswith(f"  {name} ")]
+            assert len(line.split(maxsplit=1)[1]) > 20, line  # a description of its own
+    descriptions = list(COMMANDS.values())
+    assert len(set(descriptions)) == len(descriptions) == 8 and all("\n" not in text for text in descriptions)
+
+    probe = (
+        "import sys; from lightning_diffusion.commands import main; main(['--help'])\n"
+        "try: main(['fitt'])\nexcept SystemExit as stop: print(stop.code)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'jsonargparse', 'transformers'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out  # neither the help nor a mistyped command imports the heavy libraries
+    assert out.splitlines()[-2].startswith("error: unknown command 'fitt' (did you mean `fit`?); the commands are fit,")
+
+    mistyped = run("predcit", "-c", RECIPE, cwd=tmp_path, check=False)
+    assert mistyped.returncode == 1 and "did you mean `predict`?" in mistyped.stderr
+    assert len(mistyped.stderr.strip().splitlines()) == 1 and all(name in mistyped.stderr for name in COMMANDS)
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((RECIPES_DIR.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["scripts"]["lightning-diffusion"] == "lightning_diffusion.commands:main"
+
+
+def test_training_in_a_terminal_shows_steps_and_reports_on_their_own_lines(tiny_data: TinyData, tmp_path: Path) -> None:
+    overrides = make_tiny_overrides(tmp_path / "run", RECIPE, data=tiny_data, max_steps=4, val_check_interval=2)
+    shown = screens(run_in_terminal("fit", "-c", RECIPE, *overrides, "--trainer.enable_progress_bar", "true", cwd=tmp_path))
+    steps = [s for s in shown if re.match(r"step \d+/", s)]
+    assert steps and steps[-1].startswith("step 4/4 100%") and "ETA" in steps[-1] and "steps/s" in steps[-1], shown
+    assert not [s for s in shown if "v_num" in s or "Epoch" in s], shown
+    for message in ("[val @ step 2] BLEU", "[val @ step 4] BLEU", "validation BLEU over the run:", "`Trainer.fit` stopped"):
+        found = [s for s in shown if message in s]
+        assert found and all(s.startswith(message) for s in found), (message, found)  # never after a bar's text
+    assert not [s for s in shown if "FLOPs" in s or "Modules in" in s]  # the summary keeps what a user can read
+    assert any(re.fullmatch(r"[\d.]+( [KM])? parameters \([\d.]+( [KM])? trainable\), [\d.]+ MB", s) for s in shown), shown
+
+
+def test_without_a_terminal_training_logs_progress_lines_and_draws_nothing(
+    tmp_path: Path, tiny_overrides: Any, run_cli: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    args = ["fit", "-c", str(RECIPE), *tiny_overrides(tmp_path, RECIPE, max_steps=2), "--trainer.enable_progress_bar", "true"]
+    cli = run_cli(args)
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, StepProgressBar) and not bar.interactive  # installed by the command; stderr is captured
+    assert "\r" not in capsys.readouterr().err  # no bars (and no sampling bars)
+
+    caplog.clear()
+    named = ["--trainer.callbacks+=lightning_diffusion.step_progress_bar.StepProgressBar", "--trainer.callbacks.line_every_s=0"]
+    run_cli([*args[:-2], *named, "--trainer.enable_progress_bar", "true", "--trainer.default_root_dir", str(tmp_path / "lines")])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert lines[0].startswith("step 1/2 (50%) |") and lines[-1].startswith("step 2/2 (100%) |"), lines
+    assert all("train/loss" in line and "v_num" not in line for line in lines)
+    assert "\r" not in capsys.readouterr().err
+
+
+def test_predict_from_an_export_writes_beside_the_export_and_says_where(trained: Run, tmp_path: Path) -> None:
+    exported = tmp_path / "exported"
+    out = run("export", trained.ckpt, exported, cwd=tmp_path).stdout
+    assert f"{exported}/lightning_logs/version_N/predictions.jsonl" in out  # the export tells where predict writes
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    proc = run(
+        "predict", "-c", exported / "config.yaml", "--ckpt_path", exported, "--data.predict_file", trained.data.test,
+        cwd=elsewhere,
+    )  # fmt: skip
+    written = exported / "lightning_logs" / "version_0" / "predictions.jsonl"
+    assert len(written.read_text(encoding="utf-8").splitlines()) == len(trained.data.pairs("test"))
+    assert not list(elsewhere.iterdir())  # nothing where the user happens to stand
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-2:]
+    assert last[0] == f"wrote {len(trained.data.pairs('test'))} predictions to {written}", last
+
+    chosen = tmp_path / "chosen"  # an output directory named on the command line wins
+    run(
+        "predict", "-c", exported / "config.yaml", "--ckpt_path", exported, "--data.predict_file", trained.data.test,
+        "--trainer.default_root_dir", chosen, cwd=elsewhere,
+    )  # fmt: skip
+    assert (chosen / "lightning_logs" / "version_0" / "predictions.jsonl").is_file()
+    assert not (exported / "lightning_logs" / "version_1").exists()

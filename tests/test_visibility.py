@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_diffusion.callbacks import SampleTextLogger, SamplingProgress
 from lightning_diffusion.cli import main
+from lightning_diffusion.step_progress_bar import StepProgressBar
 
 RECIPE = RECIPES_DIR / "quickstart.yaml"
 
@@ -109,15 +110,18 @@ class RecordingProgress(SamplingProgress):
         self.bars += fresh and self.enabled(trainer)
 
 
-@pytest.mark.parametrize("progress_bar", [True, False])
+@pytest.mark.parametrize("progress_bar", ["bars", "lines", "off"])
 def test_sampling_progress_follows_the_steps(
-    fitted: Any, progress_bar: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    fitted: Any, progress_bar: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Sampling bars while the trainer's progress bar draws bars (a terminal); none when it logs lines (stderr is a
+    file or a pipe) or is off."""
     monkeypatch.setattr(fitted.datamodule, "eval_max_tokens", 128)  # several validation batches
     progress = RecordingProgress()
+    bar = {"bars": [StepProgressBar(interactive=True)], "lines": [StepProgressBar(interactive=False)], "off": []}
     trainer = Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=progress_bar, callbacks=[progress],
+        enable_progress_bar=progress_bar != "off", callbacks=[progress, *bar[progress_bar]],
     )  # fmt: skip
     capsys.readouterr()
     trainer.validate(fitted.model, datamodule=fitted.datamodule, verbose=False)
@@ -127,5 +131,5 @@ def test_sampling_progress_follows_the_steps(
     assert batches >= 2
     assert progress.calls == [(i, steps) for i in range(1, steps + 1)] * batches  # every step of every batch
     assert progress._bar is None  # closed after every batch
-    assert progress.bars == (batches if progress_bar else 0)
-    assert ("validate: sampling" in capsys.readouterr().err) == progress_bar
+    assert progress.bars == (batches if progress_bar == "bars" else 0)
+    assert ("validate: sampling" in capsys.readouterr().err) == (progress_bar == "bars")

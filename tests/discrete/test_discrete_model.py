@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning import Trainer
 
 from lightning_diffusion import DiscreteDiffusionLM
@@ -135,3 +136,19 @@ def test_spindle_is_fitted_on_the_training_targets_and_checkpointed(tok: Any, ti
     assert torch.equal(loaded.schedule.information, module.schedule.information)
     for name, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_masking_probe_scores_an_oracle_perfectly_and_a_fresh_model_poorly(tok: Any, batch: Any) -> None:
+    from lightning_diffusion.discrete.probe import masking_probe
+
+    module = with_length(tok)
+    rows = masking_probe(module, [batch], times=[0.5, 1.0])
+    assert [row.t for row in rows] == [0.5, 1.0]
+    full = rows[-1]
+    assert full.corrupted == int(batch.tgt_mask.sum())  # at t = 1 every real position is masked
+    assert full.accuracy_corrupted < 0.2 and full.accuracy_all == full.accuracy_corrupted
+    assert rows[0].accuracy_all > rows[0].accuracy_corrupted  # clean positions are carried over
+
+    target = batch.tgt_ids
+    module.denoiser.forward = lambda x_t, t, cond, mask=None: F.one_hot(target, module.vocab_size).float()  # oracle
+    assert all(row.accuracy_corrupted == 1.0 for row in masking_probe(module, [batch], times=[0.3, 1.0]))

@@ -1,0 +1,42 @@
+"""The discrete family through the commands: fit, export, load_pretrained, generate with discrete sampler flags."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES_DIR, TinyData, fit_tiny
+
+from lightning_diffusion import DiscreteDiffusionLM
+from lightning_diffusion.cli import main
+from lightning_diffusion.pretrained import export_pretrained, load_pretrained
+
+RECIPE = RECIPES_DIR / "discrete" / "multi30k_en_de_spindle.yaml"  # its schedule keeps statistics: they must travel
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
+    root = tmp_path_factory.mktemp("discrete_cli")
+    fit_tiny(root / "run", RECIPE, tiny_data, max_steps=4, val_check_interval=4)
+    return export_pretrained(next((root / "run").rglob("last.ckpt")), root / "export")
+
+
+def test_export_round_trips_the_model_and_its_statistics(exported: Path) -> None:
+    model = load_pretrained(exported)
+    assert isinstance(model, DiscreteDiffusionLM)
+    assert model.schedule.fitted and model.schedule.information.numel() == model.vocab_size
+
+
+def test_generate_takes_discrete_sampler_flags(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    main(["generate", str(exported), "--text+=I felt cheated.", "--text+=Tom is here.", "--sampler", "DiscreteAncestralSampler", "--steps", "4"])
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2
+    assert "DiscreteAncestralSampler(steps=4" in out.err
+    found = re.findall(r"NFE: (\d+) network evaluations per candidate", out.err)
+    assert found and 1 <= int(found[0]) <= 4  # calls made; unchanged steps reuse the last call
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(exported), "--text+=Hi.", "--sampler", "DDIMSampler"])
+    message = f"{exit_info.value.code} {capsys.readouterr().err}"
+    assert "discrete sampler" in message and "Traceback" not in message
