@@ -313,9 +313,9 @@ def test_format_max_time() -> None:
 
 def test_default_systems_and_tasks() -> None:
     names = [s.name for s in SYSTEMS]
-    assert names == ["diffuseq", "seqdiffuseq", "difformer", "autoregressive"]
+    assert names == ["diffuseq", "seqdiffuseq", "difformer", "discrete", "autoregressive"]
     for task in ("multi30k_en_de", "iwslt14_de_en", "gigaword"):
-        for system in SYSTEMS[:3]:
+        for system in SYSTEMS[:4]:
             recipe, _ = system.resolve_recipe(TASKS[task])
             assert recipe is not None and recipe.is_file(), (system.name, task)
     # DiffuSeq has no IWSLT recipe: the Multi30k one is used with the IWSLT data

@@ -172,7 +172,7 @@ def test_discrete_family_resumes_exactly(tmp_path: Path, tiny_data: TinyData) ->
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-4000:])
     resumed = fit_discrete(tmp_path, tiny_data, "crash", "--ckpt_path", str(checkpoint(tmp_path, "crash")))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "token information fitted" not in resumed.stderr  # statistics came back with the checkpoint
+    assert "token information fitted" not in resumed.stderr  # statistics came back with the checkpoint, not refitted
     expected = {row["step"]: row for row in records(tmp_path, "straight")}
     for row in records(tmp_path, "crash"):
         assert row["loss"] == pytest.approx(expected[row["step"]]["loss"], rel=1e-5), f"step {row['step']}"

@@ -192,9 +192,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         return f"{described}, {self.corruption.describe()} corruption, {self.schedule.describe()}"
 
     # ------------------------------------------------------------------ statistics
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage != "fit" or not self.schedule.needs_statistics or self.schedule.fitted:
+    def on_fit_start(self) -> None:
+        """Fit the schedule's statistics on the training targets, unless a checkpoint brought them (this hook runs
+        after Lightning restored a resumed run's checkpoint; ``setup`` runs before)."""
+        super().on_fit_start()
+        if not self.schedule.needs_statistics or self.schedule.fitted:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not callable(getattr(datamodule, "target_token_counts", None)):

@@ -20,7 +20,7 @@ class ChainSampler(ABC):
 
     def __init__(self, steps: int = 20) -> None:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+            raise ValueError(f"steps must be >= 1 (an integer), got {steps!r}")
         self.steps = steps
 
     def describe(self) -> str:

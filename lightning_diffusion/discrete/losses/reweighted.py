@@ -17,16 +17,23 @@ class ReweightedCrossEntropy(DiscreteLossTerm):
     (masked and replaced tokens both count as noisy).
 
     Args:
-        floor: ``lambda(1)``, in ``(0, 1]`` (1 = unweighted mean over noisy tokens, as CMLM trains).
+        floor: ``lambda(1)`` > 0: below 1 RDM's down-weighting of heavily corrupted examples, 1 = the unweighted
+            mean over noisy tokens (as CMLM trains), above 1 an up-weighting of them.
         label_smoothing: RDM trains its translation models with 0.1 (fairseq's label-smoothed cross-entropy).
+        token_mean: normalise by the batch's noisy tokens (fairseq's criterion, which RDM and CMLM train with: an
+            example counts in proportion to its noisy tokens, so heavily masked examples weigh more); False = a
+            mean per example first (every example counts the same, however few tokens were noised).
     """
 
     default_name = "rdm"
 
-    def __init__(self, weight: float = 1.0, floor: float = 0.05, label_smoothing: float = 0.1, name: str | None = None) -> None:
+    def __init__(
+        self, weight: float = 1.0, floor: float = 0.05, label_smoothing: float = 0.1, token_mean: bool = True, name: str | None = None
+    ) -> None:
         super().__init__(weight, name)
-        if not 0.0 < floor <= 1.0:
-            raise ValueError(f"ReweightedCrossEntropy: floor must be in (0, 1], got {floor}")
+        self.token_mean = token_mean
+        if not floor > 0.0:
+            raise ValueError(f"ReweightedCrossEntropy: floor must be > 0, got {floor}")
         self.floor = floor
         self.label_smoothing = label_smoothing
 
@@ -35,7 +42,13 @@ class ReweightedCrossEntropy(DiscreteLossTerm):
             inputs.logits.float().transpose(1, 2), inputs.x0, reduction="none", label_smoothing=self.label_smoothing
         )
         lam = 1.0 - (1.0 - self.floor) * inputs.t.to(nll.dtype)
-        return lam * masked_mean(nll, inputs.corrupted)
+        noisy = inputs.corrupted
+        if self.token_mean:
+            # Per example: its summed loss over the batch's mean noisy-token count, so that the batch mean of these
+            # values is the token-level mean sum(lambda * nll) / sum(noisy).
+            per_example = (nll * noisy.to(nll.dtype)).sum(-1)
+            return lam * per_example / noisy.sum(-1).to(nll.dtype).mean().clamp_min(1.0)
+        return lam * masked_mean(nll, noisy)
 
 
 __all__ = ["ReweightedCrossEntropy"]
