@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least, check_positive_finite
+from lightning_diffusion.candidates import candidate_layout, choose_candidates
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.length import LengthPredictor
@@ -239,21 +240,12 @@ class DiffusionLM(Seq2SeqModule):
 
     def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
         loss, terms, t, per_example = self.compute_losses(batch)
-        if not torch.isfinite(loss):
-            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-            raise FloatingPointError(
-                f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
-                "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
-            )
+        self.log_training_loss(loss, terms, len(batch))  # stops on a non-finite loss before any statistic takes it
         # Statistics that steer training are kept identical on every rank: summed / gathered over ranks.
         self.schedule.commit_observations(self.all_reduce_sum)
         if self.timestep_sampler.learns:
             t, per_example = self.gather_ragged(t, per_example)
         self.timestep_sampler.update(t, per_example)
-        n = len(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, batch_size=n)
         return loss
 
     # ------------------------------------------------------------------ decoding
@@ -276,28 +268,12 @@ class DiffusionLM(Seq2SeqModule):
         decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
         assert decoding.sampler is not None
         cond = self.denoiser.encode(src_ids, src_mask)
-        per_source = decoding.noise_beam
-        tgt_mask = None
-        if self.length_predictor is not None:
-            top = self.length_predictor.top_lengths(
-                self.length_predictor(cond), src_mask.sum(-1), decoding.length_beam, self.max_length
-            )
-            per_source = top.shape[1] * decoding.noise_beam
-            lengths = top.repeat_interleave(decoding.noise_beam, dim=1).reshape(-1)  # [B * per_source]
-            canvas = int(lengths.max())
-            tgt_mask = torch.arange(canvas, device=lengths.device)[None, :] < lengths[:, None]
-        else:
-            canvas = self.canvas_length(src_mask)
+        layout = candidate_layout(self.length_predictor, cond, src_mask, decoding, self.max_length, self.canvas_length(src_mask))
         out = decoding.sampler.sample(
-            self.denoiser, self.schedule, cond.repeat_interleave(per_source), canvas, tgt_mask, generator, on_step
+            self.denoiser, self.schedule, cond.repeat_interleave(layout.per_source), layout.length, layout.tgt_mask, generator, on_step
         )
-        token_ids = out.token_ids
-        if tgt_mask is not None:
-            token_ids = token_ids.masked_fill(~tgt_mask, self.special_ids.eos)
-        texts = self.decode_ids(token_ids, collapse=decoding.collapse_repeats)
-        n = per_source
-        chosen = [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(src_ids.shape[0])]
-        return Generation(texts=chosen, nfe=out.nfe, candidates=n)
+        texts = choose_candidates(self, out.token_ids, layout, decoding)
+        return Generation(texts=texts, nfe=out.nfe, candidates=layout.per_source)
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with: the decoding's and the schedule."""

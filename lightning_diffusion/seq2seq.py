@@ -231,6 +231,19 @@ class Seq2SeqModule(ReseededTraining, FiniteGradientGuard, LightningModule):
         self.checkpoint_step = checkpoint.get("global_step")
         self._check_tokenizer()
 
+    def log_training_loss(self, loss: Tensor, terms: dict[str, Tensor], batch_size: int) -> None:
+        """Stop on a non-finite training loss (naming the terms that are) and log ``train/loss`` (progress bar) and
+        every ``train/<term>``."""
+        if not torch.isfinite(loss):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
+                "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+
     # ------------------------------------------------------------------ multi-process helpers
     @property
     def world_size(self) -> int:

@@ -119,16 +119,7 @@ class AutoregressiveLM(Seq2SeqModule):
 
     def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
         loss, terms, _, _ = self.compute_losses(batch)
-        if not torch.isfinite(loss):
-            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-            raise FloatingPointError(
-                f"non-finite training loss at global step {self.global_step} (terms: {', '.join(bad) or 'total'}); "
-                "lower the learning rate or enable gradient clipping (trainer.gradient_clip_val)"
-            )
-        n = len(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, batch_size=n)
+        self.log_training_loss(loss, terms, len(batch))
         return loss
 
     # ------------------------------------------------------------------ decoding

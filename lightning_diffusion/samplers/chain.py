@@ -8,10 +8,8 @@ each model checks that the sampler suits it (``check_decoding``).
 
 from __future__ import annotations
 
-from abc import ABC
 
-
-class ChainSampler(ABC):
+class ChainSampler:
     """A sampler with ``steps`` (the NFE per candidate it asks for) and its settings in words.
 
     Args:

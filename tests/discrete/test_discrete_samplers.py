@@ -106,3 +106,34 @@ def test_threshold_sampler_stops_early_when_sure() -> None:
 def test_tau_leaping_needs_absorbing() -> None:
     with pytest.raises(ValueError, match="absorbing"):
         run(TauLeapingSampler(steps=3), UniformCorruption())
+
+
+def test_repeated_picks_flag_the_less_confident_of_each_equal_pair() -> None:
+    from lightning_diffusion.discrete.samplers import repeated_picks
+
+    tokens = torch.tensor([[4, 4, 5, 6, 6, 6]])
+    scores = torch.tensor([[0.9, 0.5, 0.7, 0.2, 0.8, 0.3]])
+    exists = torch.tensor([[True, True, True, True, True, False]])
+    assert repeated_picks(tokens, scores, exists).tolist() == [[False, True, False, True, False, False]]
+
+
+def test_avoid_repeats_re_masks_a_repeat_so_it_is_predicted_again() -> None:
+    """A denoiser that answers ``7 7 3`` when nothing is decided but ``7 8 3`` once position 0 is. Two of three
+    positions are decided at the first of two steps: the plain rule keeps the repeat it decided; avoid_repeats
+    re-masks the less confident 7, which is predicted again with position 0 known."""
+
+    class Contextual(Oracle):
+        def forward(self, x_t, t, cond, tgt_mask=None):
+            logits = torch.zeros(x_t.shape[0], x_t.shape[1], V)
+            logits[:, 0, 7] = 10.0
+            known = bool(x_t[0, 0] == 7)
+            logits[:, 1, 8 if known else 7] = 9.5
+            logits[:, 2, 3] = 5.0
+            return logits
+
+    cond = Conditioning(hidden=torch.zeros(1, 1, 8), mask=torch.ones(1, 1, dtype=torch.bool))
+    for avoid, expected in ((False, [7, 7, 3]), (True, [7, 8, 3])):
+        sampler = MaskPredictSampler(steps=2, avoid_repeats=avoid)
+        out = sampler.sample(Contextual(torch.zeros(1, 3, dtype=torch.long)), LinearMasking(), AbsorbingCorruption(), cond, 3)
+        assert out.token_ids.tolist() == [expected], avoid
+    assert "repeats re-masked" in MaskPredictSampler(avoid_repeats=True).describe()

@@ -17,15 +17,13 @@ probability ``r (1 - alpha)`` and masks it with probability ``(1 - r)(1 - alpha)
 
 from __future__ import annotations
 
-from abc import ABC
-
 import torch
 from torch import Tensor
 
 _TINY = 1e-12
 
 
-class Corruption(ABC):
+class Corruption:
     """The forward process ``q(x_t | x0)`` and the posterior its reverse steps need.
 
     Shapes: ``x0``, ``x_t`` ``[B, L]`` long (``x0`` in ``0..V-1``; ``x_t`` may be ``V`` = ``[MASK]``); ``alpha``

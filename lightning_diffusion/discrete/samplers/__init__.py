@@ -1,8 +1,13 @@
 """Discrete samplers: ancestral reverse steps, mask-predict / RDM re-masking, confidence threshold, tau-leaping."""
 
 from lightning_diffusion.discrete.samplers.ancestral import DiscreteAncestralSampler
-from lightning_diffusion.discrete.samplers.base import DiscreteSampleOutput, DiscreteSampler, time_grid, token_choice
-from lightning_diffusion.discrete.samplers.remasking import MaskPredictSampler, decided_counts
+from lightning_diffusion.discrete.samplers.base import (
+    DiscreteSampleOutput,
+    DiscreteSampler,
+    time_grid,
+    token_choice,
+)
+from lightning_diffusion.discrete.samplers.remasking import MaskPredictSampler, decided_counts, repeated_picks
 from lightning_diffusion.discrete.samplers.tau_leaping import TauLeapingSampler
 from lightning_diffusion.discrete.samplers.threshold import ConfidenceThresholdSampler
 
@@ -14,6 +19,7 @@ __all__ = [
     "MaskPredictSampler",
     "TauLeapingSampler",
     "decided_counts",
+    "repeated_picks",
     "time_grid",
     "token_choice",
 ]

@@ -10,7 +10,12 @@ from torch import Tensor
 
 from lightning_diffusion.discrete.corruption.base import Corruption
 from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
-from lightning_diffusion.discrete.samplers.base import DiscreteSampleOutput, DiscreteSampler, time_grid, token_choice
+from lightning_diffusion.discrete.samplers.base import (
+    DiscreteSampleOutput,
+    DiscreteSampler,
+    time_grid,
+    token_choice,
+)
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
 from lightning_diffusion.types import Conditioning
 

@@ -1,0 +1,67 @@
+"""Candidates per source for non-autoregressive decoding: the length beam x noise beam layout, and the choice of one
+hypothesis per source. Shared by the continuous (:class:`~lightning_diffusion.DiffusionLM`) and discrete
+(:class:`~lightning_diffusion.DiscreteDiffusionLM`) models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from lightning_diffusion.length import LengthPredictor
+from lightning_diffusion.types import Conditioning
+
+if TYPE_CHECKING:
+    from lightning_diffusion.decoding import Decoding
+    from lightning_diffusion.seq2seq import Seq2SeqModule
+
+
+@dataclass
+class CandidateLayout:
+    """How ``B`` sources become ``B * per_source`` candidate rows (a source's candidates adjacent).
+
+    Attributes:
+        per_source: candidates per source (``length_beam x noise_beam``, or ``noise_beam`` on a canvas).
+        length: the decoding canvas ``L`` of the batch.
+        tgt_mask: ``[B * per_source, L]`` bool, positions each candidate has (its predicted length), or None when
+            every candidate is the whole canvas.
+    """
+
+    per_source: int
+    length: int
+    tgt_mask: Tensor | None
+
+
+def candidate_layout(
+    length_predictor: LengthPredictor | None,
+    cond: Conditioning,
+    src_mask: Tensor,
+    decoding: Decoding,
+    max_length: int,
+    canvas_length: int,
+) -> CandidateLayout:
+    """With a length predictor: the ``length_beam`` most likely lengths per source, each decoded ``noise_beam``
+    times, on a canvas as long as the longest; without one: ``noise_beam`` samples of the ``canvas_length`` canvas."""
+    if length_predictor is None:
+        return CandidateLayout(per_source=decoding.noise_beam, length=canvas_length, tgt_mask=None)
+    top = length_predictor.top_lengths(length_predictor(cond), src_mask.sum(-1), decoding.length_beam, max_length)
+    lengths = top.repeat_interleave(decoding.noise_beam, dim=1).reshape(-1)  # [B * per_source]
+    length = int(lengths.max())
+    tgt_mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+    return CandidateLayout(per_source=top.shape[1] * decoding.noise_beam, length=length, tgt_mask=tgt_mask)
+
+
+def choose_candidates(module: Seq2SeqModule, token_ids: Tensor, layout: CandidateLayout, decoding: Decoding) -> list[str]:
+    """Decoded ids ``[B * per_source, L]`` -> one hypothesis per source: positions past a candidate's length become
+    the end token (so the text is cut there), the ids are detokenized (collapsing repeats if the decoding says so)
+    and the decoding's selection (MBR by default) picks among each source's candidates."""
+    if layout.tgt_mask is not None:
+        token_ids = token_ids.masked_fill(~layout.tgt_mask, module.special_ids.eos)
+    texts = module.decode_ids(token_ids, collapse=decoding.collapse_repeats)
+    n = layout.per_source
+    return [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(len(texts) // n)]
+
+
+__all__ = ["CandidateLayout", "candidate_layout", "choose_candidates"]
