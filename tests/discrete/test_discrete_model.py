@@ -150,5 +150,5 @@ def test_masking_probe_scores_an_oracle_perfectly_and_a_fresh_model_poorly(tok: 
     assert rows[0].accuracy_all > rows[0].accuracy_corrupted  # clean positions are carried over
 
     target = batch.tgt_ids
-    module.denoiser.forward = lambda x_t, t, cond, mask=None: F.one_hot(target, module.vocab_size).float()  # oracle
+    module.denoiser.forward = lambda x_t, t, cond, mask=None: F.one_hot(target, module.vocab_size).float()  # oracle (the probe calls forward)
     assert all(row.accuracy_corrupted == 1.0 for row in masking_probe(module, [batch], times=[0.3, 1.0]))

@@ -24,18 +24,23 @@ V = 11
 
 
 class Oracle(TokenDenoiser):
-    """Returns logits that put (almost) all mass on the true target; records the masks it was shown."""
+    """Returns logits that put (almost) all mass on the true target; records the masks it was shown. Its "hidden
+    states" are the logits themselves (width ``V``, identity head), so samplers that apply the head to some rows
+    only see the same numbers."""
 
     def __init__(self, target: torch.Tensor, sure: float = 30.0) -> None:
-        super().__init__(V, 8)
+        super().__init__(V, V)
         self.target = target
         self.sure = sure
         self.masked_seen: list[torch.Tensor] = []
 
     def encode(self, src_ids, src_mask):
-        return Conditioning(hidden=torch.zeros(src_ids.shape[0], 1, 8), mask=src_mask)
+        return Conditioning(hidden=torch.zeros(src_ids.shape[0], 1, V), mask=src_mask)
 
-    def forward(self, x_t, t, cond, tgt_mask=None):
+    def output_logits(self, hidden):
+        return hidden
+
+    def hidden_states(self, x_t, t, cond, tgt_mask=None):
         self.masked_seen.append((x_t == self.mask_id).sum(-1))
         # Confidence differs by position so re-masking has a strict order: later positions are surer.
         ramp = torch.linspace(0.0, 1.0, x_t.shape[1])[None, :, None]
@@ -123,7 +128,7 @@ def test_avoid_repeats_re_masks_a_repeat_so_it_is_predicted_again() -> None:
     re-masks the less confident 7, which is predicted again with position 0 known."""
 
     class Contextual(Oracle):
-        def forward(self, x_t, t, cond, tgt_mask=None):
+        def hidden_states(self, x_t, t, cond, tgt_mask=None):
             logits = torch.zeros(x_t.shape[0], x_t.shape[1], V)
             logits[:, 0, 7] = 10.0
             known = bool(x_t[0, 0] == 7)

@@ -59,7 +59,7 @@ class TokenDenoiser(nn.Module, ABC):
         return None if self.time_embedding is None else self.time_embedding(t.float() * 1000.0)
 
     def output_logits(self, hidden: Tensor) -> Tensor:
-        """Tied output head: ``[B, L, H]`` -> ``[B, L, V]``."""
+        """Tied output head: ``[..., H]`` -> ``[..., V]``."""
         return F.linear(hidden, self.token_embedding.weight, self.output_bias)
 
     @abstractmethod
@@ -67,9 +67,15 @@ class TokenDenoiser(nn.Module, ABC):
         """Source ids ``[B, S]`` and mask ``[B, S]`` -> :class:`Conditioning`, computed once per source."""
 
     @abstractmethod
+    def hidden_states(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
+        """The states the output head reads, ``[B, L, H]``, from corrupted ids ``x_t`` ``[B, L]`` at times ``t``
+        ``[B]`` (in [0, 1]); ``tgt_mask`` ``[B, L]`` marks positions that exist (None = all). Samplers that need
+        predictions at some positions only apply :meth:`output_logits` to those rows (the ``[rows, V]`` head is
+        most of a small model's cost)."""
+
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
-        """Logits of ``x0`` ``[B, L, V]`` from corrupted ids ``x_t`` ``[B, L]`` at times ``t`` ``[B]`` (in [0, 1]);
-        ``tgt_mask`` ``[B, L]`` marks positions that exist (None = all)."""
+        """Logits of ``x0`` ``[B, L, V]``: :meth:`output_logits` of :meth:`hidden_states`."""
+        return self.output_logits(self.hidden_states(x_t, t, cond, tgt_mask))
 
 
 __all__ = ["TokenDenoiser"]

@@ -56,7 +56,7 @@ class EncoderDecoderTokenDenoiser(TokenDenoiser):
         """Run the encoder once: ``[B, S]`` -> hidden ``[B, S, H]``."""
         return Conditioning(hidden=self.encoder(src_ids, src_mask), mask=src_mask)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
+    def hidden_states(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
         length = x_t.shape[1]
         if length > self.max_positions:
             raise ValueError(f"target length {length} exceeds the decoder's max_positions {self.max_positions}")
@@ -67,7 +67,7 @@ class EncoderDecoderTokenDenoiser(TokenDenoiser):
         x = self.input_dropout(x)
         for layer in self.layers:
             x = layer(x, tgt_mask, cond.hidden, cond.mask)
-        return self.output_logits(self.output_norm(x))
+        return self.output_norm(x)
 
 
 __all__ = ["EncoderDecoderTokenDenoiser"]

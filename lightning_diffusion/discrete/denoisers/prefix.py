@@ -51,7 +51,7 @@ class PrefixTokenDenoiser(TokenDenoiser):
         """Embed the source once: ``[B, S]`` -> hidden ``[B, S, H]`` (the clean prefix of every step)."""
         return Conditioning(hidden=self.embed_tokens(src_ids), mask=src_mask)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
+    def hidden_states(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
         b, length = x_t.shape
         s = cond.hidden.shape[1]
         if s + 1 + length > self.max_positions:
@@ -76,7 +76,7 @@ class PrefixTokenDenoiser(TokenDenoiser):
         mask = torch.cat([cond.mask, torch.ones(b, 1, dtype=torch.bool, device=device), target_mask], dim=1)
         for layer in self.layers:
             seq = layer(seq, mask)
-        return self.output_logits(self.output_norm(seq[:, s + 1 :]))
+        return self.output_norm(seq[:, s + 1 :])
 
 
 __all__ = ["PrefixTokenDenoiser"]

@@ -19,6 +19,7 @@ __all__ = [
     "MaskPredictSampler",
     "TauLeapingSampler",
     "decided_counts",
+    "predict_positions",
     "repeated_picks",
     "time_grid",
     "token_choice",

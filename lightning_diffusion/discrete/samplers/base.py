@@ -48,6 +48,27 @@ def token_choice(logits: Tensor, temperature: float, generator: torch.Generator 
     return ids, probs.gather(-1, ids[..., None]).squeeze(-1)
 
 
+def predict_positions(
+    denoiser: TokenDenoiser,
+    x_t: Tensor,
+    t: Tensor,
+    cond: Conditioning,
+    tgt_mask: Tensor | None,
+    need: Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Token picks and their probabilities ``[B, L]`` at the positions ``need`` ``[B, L]`` only (0 elsewhere): the
+    network runs over every position, the output head and softmax over the needed rows alone."""
+    hidden = denoiser.hidden_states(x_t, t, cond, tgt_mask)  # [B, L, H]
+    ids = torch.zeros(need.shape, dtype=torch.long, device=need.device)
+    probs = torch.zeros(need.shape, device=need.device)
+    if bool(need.any()):
+        rows_ids, rows_probs = token_choice(denoiser.output_logits(hidden[need])[None], temperature, generator)
+        ids[need], probs[need] = rows_ids[0], rows_probs[0]
+    return ids, probs
+
+
 class DiscreteSampler(ChainSampler):
     """Base of the discrete samplers.
 
@@ -91,4 +112,4 @@ class DiscreteSampler(ChainSampler):
         """
 
 
-__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "time_grid", "token_choice"]
+__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "predict_positions", "time_grid", "token_choice"]

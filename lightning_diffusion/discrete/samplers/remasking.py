@@ -13,8 +13,8 @@ from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
 from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
+    predict_positions,
     time_grid,
-    token_choice,
 )
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
 from lightning_diffusion.discrete.schedules.linear import LinearMasking
@@ -112,8 +112,7 @@ class MaskPredictSampler(DiscreteSampler):
         grid = time_grid(self.steps, device)
         for k in range(self.steps):
             t_vec = torch.full((b,), float(grid[k]), device=device)
-            logits = denoiser(x, t_vec, cond, tgt_mask)
-            picks, confidence = token_choice(logits, self.temperature, generator)
+            picks, confidence = predict_positions(denoiser, x, t_vec, cond, tgt_mask, ~decided & exists, self.temperature, generator)
             tokens = torch.where(decided, tokens, picks)
             scores = torch.where(decided, scores, confidence)
             ranking = scores.masked_fill(~exists, -math.inf)

@@ -13,8 +13,8 @@ from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
 from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
+    predict_positions,
     time_grid,
-    token_choice,
 )
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
 from lightning_diffusion.types import Conditioning
@@ -63,9 +63,8 @@ class ConfidenceThresholdSampler(DiscreteSampler):
             if bool(decided.all()):
                 break
             t_vec = torch.full((b,), float(grid[k]), device=device)
-            logits = denoiser(x, t_vec, cond, tgt_mask)
+            picks, confidence = predict_positions(denoiser, x, t_vec, cond, tgt_mask, ~decided, self.temperature, generator)
             calls += 1
-            picks, confidence = token_choice(logits, self.temperature, generator)
             open_scores = confidence.masked_fill(decided, -math.inf)
             best = open_scores.argmax(-1, keepdim=True)
             new = open_scores >= self.threshold
