@@ -4,6 +4,7 @@ hypothesis per source. Shared by the continuous (:class:`~lightning_diffusion.Di
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,21 @@ class CandidateLayout:
     per_source: int
     length: int
     tgt_mask: Tensor | None
+
+
+def build_length_predictor(
+    factory: Callable[[int], LengthPredictor] | None, hidden_dim: int, loss_terms: Iterable[object]
+) -> LengthPredictor | None:
+    """The length predictor from its factory (called with the denoiser's ``hidden_dim``), checked against the loss
+    terms: a term that needs one (``needs_length_predictor``) without a predictor, or a predictor no term trains, is
+    an error."""
+    predictor = factory(hidden_dim) if factory is not None else None
+    needs_length = [getattr(term, "name", type(term).__name__) for term in loss_terms if getattr(term, "needs_length_predictor", False)]
+    if needs_length and predictor is None:
+        raise ValueError(f"loss terms {needs_length} need a length_predictor; configure one or drop them")
+    if predictor is not None and not needs_length:
+        raise ValueError("a length_predictor is configured but no loss term trains it: add LengthNLL to loss_terms")
+    return predictor
 
 
 def candidate_layout(
@@ -64,4 +80,4 @@ def choose_candidates(module: Seq2SeqModule, token_ids: Tensor, layout: Candidat
     return [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(len(texts) // n)]
 
 
-__all__ = ["CandidateLayout", "candidate_layout", "choose_candidates"]
+__all__ = ["CandidateLayout", "build_length_predictor", "candidate_layout", "choose_candidates"]

@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least, check_positive_finite
-from lightning_diffusion.candidates import candidate_layout, choose_candidates
+from lightning_diffusion.candidates import build_length_predictor, candidate_layout, choose_candidates
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.length import LengthPredictor
@@ -119,12 +119,7 @@ class DiffusionLM(Seq2SeqModule):
         names = [term.name for term in self.loss_terms]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"loss terms need distinct names and at least one term, got {names}")
-        self.length_predictor = length_predictor(self.denoiser.hidden_dim) if length_predictor is not None else None
-        needs_length = [term.name for term in self.loss_terms if term.needs_length_predictor]
-        if needs_length and self.length_predictor is None:
-            raise ValueError(f"loss terms {needs_length} need a length_predictor; configure one or drop them")
-        if self.length_predictor is not None and not needs_length:
-            raise ValueError("a length_predictor is configured but no loss term trains it: add LengthNLL to loss_terms")
+        self.length_predictor = build_length_predictor(length_predictor, self.denoiser.hidden_dim, self.loss_terms)
         self.decoding = self.check_decoding(
             Decoding(
                 sampler=sampler if sampler is not None else DDIMSampler(steps=20),

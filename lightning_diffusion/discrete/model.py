@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least, check_positive_finite
-from lightning_diffusion.candidates import candidate_layout, choose_candidates
+from lightning_diffusion.candidates import build_length_predictor, candidate_layout, choose_candidates
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.discrete.corruption.absorbing import AbsorbingCorruption
 from lightning_diffusion.discrete.corruption.base import Corruption
@@ -115,12 +115,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         self.schedule = schedule if schedule is not None else LinearMasking()
         self.loss_terms = nn.ModuleList(loss_terms if loss_terms is not None else [MaskedDiffusionELBO()])
         self._check_loss_terms()
-        self.length_predictor = length_predictor(self.denoiser.hidden_dim) if length_predictor is not None else None
-        needs_length = [term.name for term in self.loss_terms if term.needs_length_predictor]
-        if needs_length and self.length_predictor is None:
-            raise ValueError(f"loss terms {needs_length} need a length_predictor; configure one or drop them")
-        if self.length_predictor is not None and not needs_length:
-            raise ValueError("a length_predictor is configured but no loss term trains it: add LengthNLL to loss_terms")
+        self.length_predictor = build_length_predictor(length_predictor, self.denoiser.hidden_dim, self.loss_terms)
         self.decoding = self.check_decoding(
             Decoding(
                 sampler=sampler if sampler is not None else MaskPredictSampler(steps=10),
