@@ -4,6 +4,7 @@ hypothesis per source. Shared by the continuous (:class:`~lightning_diffusion.Di
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,6 +34,13 @@ class CandidateLayout:
     per_source: int
     length: int
     tgt_mask: Tensor | None
+
+
+def canvas_length(src_mask: Tensor, length_ratio: float, length_offset: int, max_length: int) -> int:
+    """Decoding canvas of a batch without a length predictor: ``min(max_length, ceil(ratio * longest source) +
+    offset)`` positions (at least 1)."""
+    longest = int(src_mask.sum(-1).max())
+    return max(1, min(max_length, math.ceil(length_ratio * longest) + length_offset))
 
 
 def build_length_predictor(
@@ -80,4 +88,4 @@ def choose_candidates(module: Seq2SeqModule, token_ids: Tensor, layout: Candidat
     return [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(len(texts) // n)]
 
 
-__all__ = ["CandidateLayout", "build_length_predictor", "candidate_layout", "choose_candidates"]
+__all__ = ["CandidateLayout", "build_length_predictor", "canvas_length", "candidate_layout", "choose_candidates"]

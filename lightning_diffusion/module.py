@@ -8,7 +8,6 @@ the timestep sampler, the optimizer and the LR scheduler.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import torch
@@ -17,7 +16,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least, check_positive_finite
-from lightning_diffusion.candidates import build_length_predictor, candidate_layout, choose_candidates
+from lightning_diffusion.candidates import (
+    build_length_predictor,
+    candidate_layout,
+    canvas_length,
+    choose_candidates,
+)
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.length import LengthPredictor
@@ -173,8 +177,7 @@ class DiffusionLM(Seq2SeqModule):
     # ------------------------------------------------------------------ training
     def canvas_length(self, src_mask: Tensor) -> int:
         """Decoding canvas for a batch: ``min(max_length, ceil(ratio * longest source) + offset)``."""
-        longest = int(src_mask.sum(-1).max())
-        return max(1, min(self.max_length, math.ceil(self.length_ratio * longest) + self.length_offset))
+        return canvas_length(src_mask, self.length_ratio, self.length_offset, self.max_length)
 
     def _pad_canvas(self, batch: Seq2SeqBatch) -> Tensor:
         assert batch.tgt_ids is not None

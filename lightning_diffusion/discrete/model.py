@@ -8,7 +8,6 @@ the one decoding path (:func:`~lightning_diffusion.decoding.decode_batch`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -18,7 +17,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least, check_positive_finite
-from lightning_diffusion.candidates import build_length_predictor, candidate_layout, choose_candidates
+from lightning_diffusion.candidates import (
+    build_length_predictor,
+    candidate_layout,
+    canvas_length,
+    choose_candidates,
+)
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.discrete.corruption.absorbing import AbsorbingCorruption
 from lightning_diffusion.discrete.corruption.base import Corruption
@@ -204,8 +208,22 @@ class DiscreteDiffusionLM(Seq2SeqModule):
     # ------------------------------------------------------------------ training
     def canvas_length(self, src_mask: Tensor) -> int:
         """Decoding canvas for a batch: ``min(max_length, ceil(ratio * longest source) + offset)``."""
-        longest = int(src_mask.sum(-1).max())
-        return max(1, min(self.max_length, math.ceil(self.length_ratio * longest) + self.length_offset))
+        return canvas_length(src_mask, self.length_ratio, self.length_offset, self.max_length)
+
+    def training_targets(self, batch: Seq2SeqBatch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What the denoiser is trained to reproduce for a batch with targets.
+
+        Returns:
+            ``target`` ``[B, L]`` (a canvas model: the target, its EOS and padding up to the canvas length; a
+            length-predictor model: the collated target), ``real`` ``[B, L]`` bool at target tokens and EOS, and the
+            denoiser's ``attention_mask`` ``[B, L]`` (None on a canvas).
+        """
+        assert batch.tgt_ids is not None and batch.tgt_mask is not None
+        if self.length_predictor is not None:
+            return batch.tgt_ids, batch.tgt_mask, batch.tgt_mask
+        extra = max(batch.tgt_ids.shape[1], self.canvas_length(batch.src_mask)) - batch.tgt_ids.shape[1]
+        target = F.pad(batch.tgt_ids, (0, extra), value=self.special_ids.pad)
+        return target, F.pad(batch.tgt_mask, (0, extra), value=False), None
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, terms = self.compute_losses(batch)
@@ -217,14 +235,10 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             raise ValueError("training and validation batches need targets")
         cond = self.denoiser.encode(batch.src_ids, batch.src_mask)
         length_logits = length_targets = None
-        if self.length_predictor is None:
-            length = max(batch.tgt_ids.shape[1], self.canvas_length(batch.src_mask))
-            target = F.pad(batch.tgt_ids, (0, length - batch.tgt_ids.shape[1]), value=self.special_ids.pad)
-            loss_mask = torch.ones_like(target, dtype=torch.bool)
-            attention_mask = None
-        else:
-            target, loss_mask = batch.tgt_ids, batch.tgt_mask
-            attention_mask = batch.tgt_mask
+        target, real, attention_mask = self.training_targets(batch)
+        # A canvas model also learns the padding it must produce; a length-predictor model only the real target.
+        loss_mask = torch.ones_like(real) if attention_mask is None else real
+        if self.length_predictor is not None:
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
         b = target.shape[0]

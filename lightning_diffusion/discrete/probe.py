@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lightning_diffusion.discrete.model import DiscreteDiffusionLM
 from lightning_diffusion.types import Seq2SeqBatch
@@ -62,13 +61,7 @@ def masking_probe(
             )  # fmt: skip
             assert batch.tgt_ids is not None and batch.tgt_mask is not None
             cond = module.denoiser.encode(batch.src_ids, batch.src_mask)
-            if module.length_predictor is None:
-                length = max(batch.tgt_ids.shape[1], module.canvas_length(batch.src_mask))
-                target = F.pad(batch.tgt_ids, (0, length - batch.tgt_ids.shape[1]), value=module.special_ids.pad)
-                real = F.pad(batch.tgt_mask, (0, length - batch.tgt_mask.shape[1]), value=False)
-                attention_mask = None
-            else:
-                target, real, attention_mask = batch.tgt_ids, batch.tgt_mask, batch.tgt_mask
+            target, real, attention_mask = module.training_targets(batch)
             for t in chosen:
                 t_vec = torch.full((target.shape[0],), t, device=device)
                 alpha = module.schedule.alpha(t_vec, target).expand_as(target)
