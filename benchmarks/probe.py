@@ -8,6 +8,10 @@ accuracy over the real target positions (tokens and EOS, no padding), accuracy o
 models: padding included) and the x0 MSE. High accuracy at small ``t`` with BLEU still at noise level points at
 sampling; low accuracy there points at training. See :func:`lightning_diffusion.probe.denoising_probe`.
 
+For the discrete family (:class:`~lightning_diffusion.discrete.DiscreteDiffusionLM`) the same idea is the masking
+probe (:func:`lightning_diffusion.discrete.probe.masking_probe`): the target is corrupted at continuous times
+``--times`` as in training and the one-shot argmax is scored on the corrupted positions and on every real position.
+
 MODEL is a ``.ckpt`` written by ``lightning-diffusion fit`` (its run's ``tokenizer/`` is used) or an export
 directory. The data settings (max lengths, keys, evaluation batch budget) are the run's, from the checkpoint or
 the export's ``config.yaml``. Writes ``--out`` (JSON) and a markdown table next to it (same name, ``.md``).
@@ -29,6 +33,8 @@ import yaml
 from benchmarks.common import DEFAULT_RESULTS, Progress, envelope, parameter_count, rel, write_json
 from lightning_diffusion.checkpoints import read_checkpoint
 from lightning_diffusion.data import Seq2SeqDataModule
+from lightning_diffusion.discrete.model import DiscreteDiffusionLM
+from lightning_diffusion.discrete.probe import masking_probe
 from lightning_diffusion.module import DiffusionLM
 from lightning_diffusion.pretrained import CONFIG_FILE, TOKENIZER_DIR, load_pretrained
 from lightning_diffusion.probe import ProbeRow, denoising_probe, probe_steps, uses_self_conditioning
@@ -52,8 +58,20 @@ DEFINITIONS = (
 )
 
 
+MASKING_DEFINITIONS = (
+    "corrupted positions: real target positions (tokens and EOS) the corruption masked or replaced at time t; "
+    "accuracy on corrupted: share of those where the denoiser's argmax is the true token; accuracy on all: share of "
+    "every real target position right after carrying the uncorrupted ones over (what a sampler's last step would "
+    "keep). Corruption: the model's own process and schedule at t, one generator per t seeded with --seed."
+)
+
+
 def ints(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
+
+
+def floats(value: str) -> list[float]:
+    return [float(v) for v in value.split(",") if v.strip()]
 
 
 def model_files(model: Path, tokenizer: str | None) -> tuple[Path, dict[str, Any]]:
@@ -69,7 +87,7 @@ def model_files(model: Path, tokenizer: str | None) -> tuple[Path, dict[str, Any
 
 
 def build_data(
-    module: DiffusionLM, tokenizer_dir: Path, run_data: dict[str, Any], data_file: str, examples: int
+    module: DiffusionLM | DiscreteDiffusionLM, tokenizer_dir: Path, run_data: dict[str, Any], data_file: str, examples: int
 ) -> Seq2SeqDataModule:
     """A data module reading the first ``examples`` pairs of ``data_file`` as its test split, with the run's
     tokenizer and data settings."""
@@ -116,6 +134,27 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def masking_markdown(data: dict[str, Any]) -> str:
+    """The discrete family's masking probe as a markdown section."""
+    from benchmarks.report import provenance, table
+
+    m, s = data["model"], data["settings"]
+    out = [
+        f"### Masking probe: {m['path']} (step {m['train_step']})",
+        "",
+        f"{m['class']} with {m['denoiser']} ({m['parameters']:,} parameters), {m['corruption']}, {m['schedule']}. "
+        f"Data: {s['data']}, {data['examples']} pairs, corruption seed {s['seed']}.",
+        "",
+    ]
+    rows = [
+        [r["t"], f"{r['corrupted']:,}", f"{100 * r['accuracy_corrupted']:.1f}", f"{100 * r['accuracy_all']:.1f}"]
+        for r in data["rows"]
+    ]
+    out.append(table(["t", "corrupted positions", "accuracy on corrupted (%)", "accuracy on all (%)"], rows))
+    out += ["", MASKING_DEFINITIONS, "", provenance(data)]
+    return "\n".join(out) + "\n"
+
+
 def print_table(rows: Sequence[ProbeRow]) -> None:
     print(f"{'t':>6} {'acc argmax':>11} {'acc nearest':>12} {'canvas acc':>11} {'x0 MSE':>10}")
     for r in rows:
@@ -139,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         default=[1, 100, 500, 1000, 2000],
         help="diffusion steps t (comma-separated; clipped to T)",
     )
+    parser.add_argument(
+        "--times",
+        type=floats,
+        default=[0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
+        help="discrete family: corruption times t in (0, 1] (comma-separated)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
     parser.add_argument(
         "--no-self-condition", action="store_true", help="one pass even if the denoiser self-conditions"
@@ -157,12 +202,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     started = time.perf_counter()
     model_path = Path(opts.model)
     module = load_pretrained(model_path, opts.tokenizer, opts.device)
-    if not isinstance(module, DiffusionLM):
-        parser.error(f"{opts.model}: the probe needs a DiffusionLM, got {type(module).__name__}")
+    if not isinstance(module, (DiffusionLM, DiscreteDiffusionLM)):
+        parser.error(f"{opts.model}: the probe needs a DiffusionLM or DiscreteDiffusionLM, got {type(module).__name__}")
     tokenizer_dir, run_data = model_files(model_path, opts.tokenizer)
     dm = build_data(module, tokenizer_dir, run_data, opts.data, opts.examples)
     batches = list(dm.test_dataloader())
     examples = sum(len(b) for b in batches)
+    if isinstance(module, DiscreteDiffusionLM):
+        return masking_main(module, model_path, batches, examples, opts, argv, say, started)
     steps = probe_steps(opts.steps, module.schedule.num_steps)
     self_conditioned = uses_self_conditioning(module, not opts.no_self_condition)
     say(
@@ -199,6 +246,55 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     path = write_json(Path(opts.out), data)
     path.with_suffix(".md").write_text(markdown(data), encoding="utf-8")
+    say(f"wrote {rel(path)} and {rel(path.with_suffix('.md'))} ({data['wall_seconds']:.0f} s)")
+    return path
+
+
+def masking_main(
+    module: DiscreteDiffusionLM,
+    model_path: Path,
+    batches: list[Any],
+    examples: int,
+    opts: argparse.Namespace,
+    argv: Sequence[str] | None,
+    say: Progress,
+    started: float,
+) -> Path:
+    """The discrete family's probe: :func:`masking_probe` at ``--times``; writes the JSON and markdown."""
+    try:
+        rows = masking_probe(module, batches, opts.times, opts.seed)
+    except ValueError as err:
+        raise SystemExit(f"--times: {err}") from None
+    say(f"{rel(model_path)} (step {module.checkpoint_step}): {examples} pairs, t = {', '.join(f'{r.t:g}' for r in rows)}")
+    print(f"{'t':>6} {'corrupted':>10} {'acc corrupted':>14} {'acc all':>8}")
+    for r in rows:
+        print(f"{r.t:>6g} {r.corrupted:>10} {100 * r.accuracy_corrupted:>13.1f}% {100 * r.accuracy_all:>7.1f}%")
+    settings = {
+        "model": rel(model_path),
+        "data": rel(opts.data),
+        "examples": opts.examples,
+        "times": [r.t for r in rows],
+        "seed": opts.seed,
+        "device": opts.device,
+    }
+    data = envelope("probe", argv, "benchmarks.probe", settings)
+    data.update(
+        model={
+            "path": rel(model_path),
+            "class": type(module).__name__,
+            "denoiser": type(module.denoiser).__name__,
+            "parameters": parameter_count(module),
+            "train_step": module.checkpoint_step,
+            "corruption": type(module.corruption).__name__,
+            "schedule": type(module.schedule).__name__,
+        },
+        examples=examples,
+        definitions=MASKING_DEFINITIONS,
+        rows=[dataclasses.asdict(r) for r in rows],
+        wall_seconds=round(time.perf_counter() - started, 1),
+    )
+    path = write_json(Path(opts.out), data)
+    path.with_suffix(".md").write_text(masking_markdown(data), encoding="utf-8")
     say(f"wrote {rel(path)} and {rel(path.with_suffix('.md'))} ({data['wall_seconds']:.0f} s)")
     return path
 

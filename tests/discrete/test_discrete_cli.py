@@ -40,3 +40,24 @@ def test_generate_takes_discrete_sampler_flags(exported: Path, capsys: pytest.Ca
         main(["generate", str(exported), "--text+=Hi.", "--sampler", "DDIMSampler"])
     message = f"{exit_info.value.code} {capsys.readouterr().err}"
     assert "discrete sampler" in message and "Traceback" not in message
+
+
+def test_probe_cli_runs_the_masking_probe(exported: Path, tiny_data: TinyData, tmp_path: Path) -> None:
+    """`python -m benchmarks.probe` on a discrete model scores the one-shot prediction by corruption time."""
+    import json
+
+    from benchmarks import probe
+
+    out = tmp_path / "probe.json"
+    args = [str(exported), "--data", str(tiny_data.valid), "--examples", "8", "--times", "1.0,0.25,0.5", "--out", str(out)]
+    assert probe.main(args) == out
+    data = json.loads(out.read_text())
+    assert data["model"]["class"] == "DiscreteDiffusionLM" and data["examples"] == 8
+    assert [row["t"] for row in data["rows"]] == [0.25, 0.5, 1.0]
+    full = data["rows"][-1]
+    assert full["corrupted"] > 0 and full["accuracy_all"] == full["accuracy_corrupted"]  # t = 1: every position masked
+    for row in data["rows"]:
+        assert 0.0 <= row["accuracy_corrupted"] <= 1.0 and 0.0 <= row["accuracy_all"] <= 1.0
+    assert "| t | corrupted positions |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="--times"):
+        probe.main([*args[:-4], "--times", "0,0.5", "--out", str(out)])
