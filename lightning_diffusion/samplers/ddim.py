@@ -19,9 +19,15 @@ class DDIMSampler(Sampler):
     """
 
     def __init__(
-        self, steps: int = 20, eta: float = 0.0, clamp: bool = False, clamp_from: int = 0, noise_factor: float = 1.0
+        self,
+        steps: int = 20,
+        eta: float = 0.0,
+        clamp: bool = False,
+        clamp_from: int = 0,
+        noise_factor: float = 1.0,
+        time_difference: float = 0.0,
     ) -> None:
-        super().__init__(steps, clamp, clamp_from, noise_factor)
+        super().__init__(steps, clamp, clamp_from, noise_factor, time_difference)
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         self.eta = eta
