@@ -1,7 +1,7 @@
 """What the quality benchmarks train: tasks (data files, metric) and systems (recipe + overlays + CLI args).
 
 A *system* is data, not code: a recipe pattern, overlays, extra CLI arguments and the decoding variants to
-score. The default list has the three diffusion families and the autoregressive baseline; a JSON file with
+score. The default list has the diffusion families (CDCD among them) and the autoregressive baseline; a JSON file with
 the same fields (``--systems-file``) replaces it, e.g. to add a family or change the CPU-scale settings.
 """
 
@@ -211,6 +211,15 @@ SYSTEMS: list[System] = [
         (CPU_SMALL,),
         (*ENC_DEC_LAYERS, "--model.length_beam", "3"),
         decodings=DIFFUSION_DECODINGS,
+    ),
+    System(
+        "cdcd",
+        "cdcd",
+        "recipes/cdcd/{task}.yaml",  # Multi30k only (IWSLT14 falls back to it; no Gigaword recipe: skipped there)
+        (CPU_SMALL,),
+        (*ENC_DEC_LAYERS, "--model.length_beam", "3"),
+        decodings=DIFFUSION_DECODINGS,
+        requires=("lightning_diffusion.denoisers.ScoreInterpolationDenoiser",),
     ),
     System(
         "discrete",

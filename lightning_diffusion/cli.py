@@ -33,6 +33,7 @@ from lightning_diffusion.decoding import DecodingError, carry_over_sampler
 from lightning_diffusion.discrete import samplers as _discrete_samplers  # noqa: F401  short names for --sampler
 from lightning_diffusion.distill import distill
 from lightning_diffusion.generate import generate
+from lightning_diffusion.guidance import Guidance
 from lightning_diffusion.parameter_summary import ParameterSummary
 from lightning_diffusion.pretrained import (
     METADATA_FILE,
@@ -49,7 +50,7 @@ from lightning_diffusion.seq2seq import Seq2SeqModule
 from lightning_diffusion.step_progress_bar import StepProgressBar
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
-DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search", "collapse_repeats")
+DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search", "collapse_repeats", "guidance")
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Dotted keys of a nested config with the ``init_args`` levels left out (``sampler.steps``)."""
@@ -98,6 +99,7 @@ class LightningDiffusionCLI(LightningCLI):
         parser.add_argument("--decoding.length_beam", type=int | None, default=None, help=f"lengths tried per source, {what}")
         parser.add_argument("--decoding.noise_beam", type=int | None, default=None, help=f"noise samples per length, {what}")
         parser.add_argument("--decoding.search", type=Search | None, default=None, help=f"autoregressive search (GreedySearch, BeamSearch), {what}")
+        parser.add_argument("--decoding.guidance", type=Guidance | None, default=None, help=f"guidance (ClassifierFreeGuidance with --decoding.guidance.scale W, ClassifierGuidance), {what}")
         parser.add_argument("--decoding.collapse_repeats", type=bool | None, default=None, help="collapse runs of the same token into one before detokenizing (post-process, reported with the settings)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -20,6 +20,7 @@ from lightning_diffusion.selection import CandidateSelection, MBRSelection
 
 if TYPE_CHECKING:
     from lightning_diffusion.autoregressive.search import Search
+    from lightning_diffusion.guidance.base import Guidance
     from lightning_diffusion.samplers.chain import ChainSampler
     from lightning_diffusion.seq2seq import Seq2SeqModule
     from lightning_diffusion.types import Seq2SeqBatch
@@ -93,6 +94,8 @@ class Decoding:
             filled in by the model.
         collapse_repeats: post-process: collapse runs of the same token id into one (``auf auf auf`` -> ``auf``)
             before detokenizing; off by default, reported in :meth:`describe` when on.
+        guidance: steers diffusion decoding (:mod:`lightning_diffusion.guidance`, e.g. classifier-free guidance);
+            None = unguided. Its network evaluations per step count in :attr:`nfe`.
     """
 
     sampler: ChainSampler | None = None
@@ -102,6 +105,7 @@ class Decoding:
     search: Search | None = None
     num_steps: int | None = None
     collapse_repeats: bool = False
+    guidance: Guidance | None = None
 
     def __post_init__(self) -> None:
         for name in ("length_beam", "noise_beam"):
@@ -115,6 +119,8 @@ class Decoding:
                 f"decoding: length_beam and noise_beam apply to diffusion models; the autoregressive search has "
                 f"beam size {self.search.beam_size} (got length_beam {self.length_beam}, noise_beam {self.noise_beam})"
             )
+        if self.search is not None and self.guidance is not None:
+            raise DecodingError(f"decoding: {self.guidance.describe()} applies to diffusion models, not to {self.search.describe()}")
 
     @property
     def steps(self) -> int | None:
@@ -122,12 +128,19 @@ class Decoding:
         return self.sampler.steps if self.sampler is not None else None
 
     @property
+    def calls_per_step(self) -> int:
+        """Network evaluations per sampling step: the guidance's (2 for classifier-free guidance), else 1."""
+        return self.guidance.calls_per_step if self.guidance is not None else 1
+
+    @property
     def nfe(self) -> int | None:
         """Network evaluations per candidate: ``min(steps, T)`` sampling steps for diffusion (the respaced chain's
-        length); None for autoregressive search, where it is the number of generated tokens and varies."""
+        length) x :attr:`calls_per_step`; None for autoregressive search, where it is the number of generated
+        tokens and varies."""
         if self.sampler is None:
             return None
-        return min(self.sampler.steps, self.num_steps) if self.num_steps is not None else self.sampler.steps
+        steps = min(self.sampler.steps, self.num_steps) if self.num_steps is not None else self.sampler.steps
+        return steps * self.calls_per_step
 
     @property
     def candidates(self) -> int:
@@ -175,8 +188,9 @@ class Decoding:
         assert self.sampler is not None
         beams = f"length beam {self.length_beam} x noise beam {self.noise_beam}"
         chosen = f", {self.selection.describe()} over the {self.candidates} candidates" if self.candidates > 1 else ""
+        guided = f", {self.guidance.describe()}" if self.guidance is not None else ""
         return (
-            f"{self.sampler.describe()}, {beams}{chosen}{collapsed}, NFE {self.nfe} per candidate "
+            f"{self.sampler.describe()}{guided}, {beams}{chosen}{collapsed}, NFE {self.nfe} per candidate "
             "(candidates decoded in one batch)"
         )
 

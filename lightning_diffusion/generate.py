@@ -31,6 +31,7 @@ from lightning_diffusion.data.jsonl import jsonl_line
 from lightning_diffusion.data.sources import SourceReader, source_batch
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, carry_over_sampler, decode_batch
+from lightning_diffusion.guidance import ClassifierFreeGuidance
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
 from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
@@ -64,8 +65,10 @@ def decoding_from_flags(
     length_beam: int | None = None,
     noise_beam: int | None = None,
     collapse_repeats: bool | None = None,
+    guidance: float | None = None,
 ) -> tuple[Decoding, list[str]]:
     """The model's own :class:`Decoding` with the flags applied by ``replace`` (the model is not changed).
+    ``guidance`` is a classifier-free guidance scale ``w`` (:class:`ClassifierFreeGuidance`).
 
     ``--sampler`` keeps the current sampler's options that the new one leaves at their defaults (``clamp``,
     ``noise_factor``, ...) and its steps unless ``--steps`` is given.
@@ -76,7 +79,9 @@ def decoding_from_flags(
     Raises:
         GenerateError: a flag the model has no use for, or a bad value (the message names the flag).
     """
-    given = {"--steps": steps, "--sampler": sampler, "--length_beam": length_beam, "--noise_beam": noise_beam}
+    given = {
+        "--steps": steps, "--sampler": sampler, "--length_beam": length_beam, "--noise_beam": noise_beam, "--guidance": guidance,
+    }  # fmt: skip
     for flag in ("--steps", "--length_beam", "--noise_beam"):
         if given[flag] is not None and given[flag] < 1:  # type: ignore[operator]
             raise GenerateError(f"{flag} must be >= 1, got {given[flag]}")
@@ -107,6 +112,11 @@ def decoding_from_flags(
         changes["length_beam"] = length_beam
     if noise_beam is not None:
         changes["noise_beam"] = noise_beam
+    if guidance is not None:
+        try:
+            changes["guidance"] = ClassifierFreeGuidance(guidance)
+        except ValueError as err:
+            raise GenerateError(f"--guidance: {str(err).removeprefix('ClassifierFreeGuidance: ')}") from None
     try:
         return module.check_decoding(current.replace(**changes)), notes
     except DecodingError as err:
@@ -254,6 +264,7 @@ def generate(
     progress: Literal["auto", "always", "never"] = "auto",
     output: str | None = None,
     collapse_repeats: bool | None = None,
+    guidance: float | None = None,
 ) -> None:
     """Translate or summarize text with a trained model: hypotheses on stdout (one line per input line, input order).
 
@@ -282,6 +293,9 @@ def generate(
         output: also write JSONL rows ``{"source", "hypothesis", "nfe", "candidates"}`` here (``nfe`` per candidate).
         collapse_repeats: collapse runs of the same token into one before detokenizing (a post-process against
             repeated words; reported with the decoding settings; default: the model's, off).
+        guidance: classifier-free guidance scale ``w`` (needs a model trained with ``model.condition_dropout > 0``;
+            ``w = 1`` is plain conditional decoding, ``w > 1`` follows the source more strongly; each step then runs a
+            conditional and an unconditional branch, counted twice in the NFE). Default: the model's (none).
     """
     try:
         _run(
@@ -299,6 +313,7 @@ def generate(
             progress,
             output,
             collapse_repeats,
+            guidance,
         )
     except (GenerateError, TokenizerError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -323,6 +338,7 @@ def _run(
     progress: Literal["auto", "always", "never"],
     output: str | None,
     collapse_repeats: bool | None = None,
+    guidance: float | None = None,
 ) -> None:
     for flag, value in (("--batch_size", batch_size), ("--max_src_len", max_src_len)):
         if value is not None and value < 1:
@@ -331,7 +347,7 @@ def _run(
     if not Path(model).exists():
         raise CheckpointError(f"{model}: no such export directory or checkpoint file")
     module = load_pretrained(model, tokenizer, map_location=resolved)
-    decoding, notes = decoding_from_flags(module, steps, sampler, length_beam, noise_beam, collapse_repeats)
+    decoding, notes = decoding_from_flags(module, steps, sampler, length_beam, noise_beam, collapse_repeats, guidance)
     seed = module.decode_seed if seed is None else seed
     max_src_len = trained_max_src_len(model) if max_src_len is None else max_src_len
     step_note = f", trained {module.checkpoint_step} steps" if module.checkpoint_step is not None else ""

@@ -79,6 +79,35 @@ class AnchorNLL(LossTerm):
         return masked_mean(nll, inputs.mask)
 
 
+class ScoreInterpolationCE(LossTerm):
+    """CDCD's training loss ``-log p(y | z_t, t)`` on the denoiser's own token logits (Dieleman et al. 2022,
+    eq. 3), not on ``logits(x0_hat)``: the logits whose softmax the score interpolation averages the embeddings
+    with. Needs a denoiser that returns them from ``predict`` (:class:`ScoreInterpolationDenoiser`)."""
+
+    default_name = "ce"
+
+    def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0, name: str | None = None) -> None:
+        super().__init__(weight, name)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        if inputs.prediction_logits is None:
+            raise ValueError(
+                "ScoreInterpolationCE needs a denoiser that predicts token logits "
+                "(lightning_diffusion.denoisers.ScoreInterpolationDenoiser); this one predicts latents"
+            )
+        nll = F.cross_entropy(
+            inputs.prediction_logits.float().transpose(1, 2),
+            inputs.target_ids,
+            reduction="none",
+            label_smoothing=self.label_smoothing,
+        )
+        return masked_mean(nll, inputs.mask)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, label_smoothing={self.label_smoothing}"
+
+
 class PriorLoss(LossTerm):
     """The ``L_T`` term: ``||sqrt(abar_T) z0||^2`` (mean over the width), keeps ``z_T`` close to pure noise."""
 

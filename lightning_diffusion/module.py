@@ -24,6 +24,8 @@ from lightning_diffusion.candidates import (
 )
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
+from lightning_diffusion.guidance.base import Guidance, check_guidance
+from lightning_diffusion.guidance.condition_dropout import drop_condition, null_condition_parameter
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
 from lightning_diffusion.preconditioning import SkipPreconditioning
@@ -39,7 +41,7 @@ log = logging.getLogger("lightning_diffusion")
 
 _INJECTED = [
     "denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "selection",
-    "preconditioning", "optimizer", "lr_scheduler",
+    "preconditioning", "optimizer", "lr_scheduler", "guidance",
 ]  # fmt: skip
 
 
@@ -79,6 +81,11 @@ class DiffusionLM(Seq2SeqModule):
         log_samples: decoded validation samples printed after each validation.
         decode_seed: seed of the decoding noise, so validation scores are reproducible.
         decode_during_validation: decode and score BLEU/ROUGE in validation (else only the loss).
+        condition_dropout: classifier-free guidance training (Ho & Salimans 2022): each training example's source
+            conditioning is replaced by a learned null condition (``null_condition`` ``[H]``, created only when
+            > 0) with this probability. Needed by ``ClassifierFreeGuidance`` at decoding.
+        guidance: the default decoding's :class:`~lightning_diffusion.guidance.Guidance` (None = unguided), like
+            ``sampler``; pass another ``Decoding`` to change it per call.
     """
 
     def __init__(
@@ -104,6 +111,8 @@ class DiffusionLM(Seq2SeqModule):
         log_samples: int = 3,
         decode_seed: int = 0,
         decode_during_validation: bool = True,
+        condition_dropout: float = 0.0,
+        guidance: Guidance | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -124,12 +133,15 @@ class DiffusionLM(Seq2SeqModule):
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"loss terms need distinct names and at least one term, got {names}")
         self.length_predictor = build_length_predictor(length_predictor, self.denoiser.hidden_dim, self.loss_terms)
+        self.condition_dropout = condition_dropout
+        self.null_condition = null_condition_parameter(condition_dropout, self.denoiser.hidden_dim)
         self.decoding = self.check_decoding(
             Decoding(
                 sampler=sampler if sampler is not None else DDIMSampler(steps=20),
                 length_beam=length_beam,
                 noise_beam=noise_beam,
                 selection=selection if selection is not None else MBRSelection(),
+                guidance=guidance,
             )
         )
         self.timestep_sampler = timestep_sampler(schedule.num_steps)
@@ -168,6 +180,7 @@ class DiffusionLM(Seq2SeqModule):
                 f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor (Difformer-style); "
                 "this model decodes one padded canvas per source: use noise_beam for more candidates"
             )
+        check_guidance(decoding.guidance, type(self).__name__, self.null_condition, tokens=False)
         return decoding.replace(num_steps=self.schedule.num_steps)
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -205,6 +218,8 @@ class DiffusionLM(Seq2SeqModule):
             attention_mask = batch.tgt_mask
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
+        if self.training:  # after the length predictor, which always reads the real source
+            cond = drop_condition(cond, self.null_condition, self.condition_dropout)
         b, length = target.shape
         z0 = self.denoiser.embed(target)
         t, weights = self.timestep_sampler.sample(b, self.device)
@@ -215,7 +230,8 @@ class DiffusionLM(Seq2SeqModule):
                 first = self.denoiser(z_t, t, cond, attention_mask, None)
             use = (torch.rand(b, 1, 1, device=self.device) < self.self_condition_prob).to(first.dtype)
             self_cond = first.detach() * use
-        x0_hat = self.denoiser(z_t, t, cond, attention_mask, self_cond)
+        prediction = self.denoiser.predict(z_t, t, cond, attention_mask, self_cond)  # x0 (+ token logits: CDCD)
+        x0_hat = prediction.x0
         if self.training:
             self.schedule.observe(t, ((x0_hat.detach() - z0.detach()) ** 2).mean(-1), loss_mask)
         inputs = LossInputs(
@@ -230,6 +246,7 @@ class DiffusionLM(Seq2SeqModule):
             length_targets=length_targets,
             alpha_bar_t=self.schedule.alpha_bar(t, length),
             embedding_table=self.denoiser.embedding_table,
+            prediction_logits=prediction.logits,
         )
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)
@@ -267,11 +284,13 @@ class DiffusionLM(Seq2SeqModule):
         assert decoding.sampler is not None
         cond = self.denoiser.encode(src_ids, src_mask)
         layout = candidate_layout(self.length_predictor, cond, src_mask, decoding, self.max_length, self.canvas_length(src_mask))
+        guidance = decoding.guidance
+        denoiser = self.denoiser if guidance is None else guidance.guide_latents(self.denoiser, self.null_condition)
         out = decoding.sampler.sample(
-            self.denoiser, self.schedule, cond.repeat_interleave(layout.per_source), layout.length, layout.tgt_mask, generator, on_step
+            denoiser, self.schedule, cond.repeat_interleave(layout.per_source), layout.length, layout.tgt_mask, generator, on_step
         )
         texts = choose_candidates(self, out.token_ids, layout, decoding)
-        return Generation(texts=texts, nfe=out.nfe, candidates=layout.per_source)
+        return Generation(texts=texts, nfe=out.nfe * decoding.calls_per_step, candidates=layout.per_source)
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with: the decoding's and the schedule."""

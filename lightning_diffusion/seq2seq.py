@@ -56,7 +56,8 @@ class Generation:
 
     Attributes:
         texts: the chosen hypothesis per source.
-        nfe: network calls per candidate sequence (sampling steps; generated tokens for autoregressive search).
+        nfe: network calls per candidate sequence (sampling steps, x2 under classifier-free guidance, which runs a
+            conditional and an unconditional branch per step; generated tokens for autoregressive search).
         candidates: candidates decoded per source (length beam x noise beam; MBR picks one).
     """
 

@@ -88,6 +88,29 @@ class Conditioning:
             extras={k: v.repeat_interleave(n, dim=0) for k, v in self.extras.items()},
         )
 
+    def with_null(self, null: Tensor, drop: Tensor) -> Conditioning:
+        """The rows ``drop`` ``[B]`` (bool) replaced by the null condition (classifier-free guidance, Ho & Salimans
+        2022): ``hidden[i] = [null, 0, ..., 0]`` ``[S, H]`` and ``mask[i] = [True, False, ..., False]``; the other
+        rows and ``extras`` are kept as they are. ``null`` ``[H]`` gets gradients through the dropped rows."""
+        b, s, h = self.hidden.shape
+        null_hidden = torch.cat([null.to(self.hidden.dtype).expand(b, 1, h), self.hidden.new_zeros(b, s - 1, h)], dim=1)
+        null_mask = torch.zeros_like(self.mask)
+        null_mask[:, 0] = True
+        return replace(
+            self,
+            hidden=torch.where(drop[:, None, None], null_hidden, self.hidden),
+            mask=torch.where(drop[:, None], null_mask, self.mask),
+        )
+
+    def concat(self, other: Conditioning) -> Conditioning:
+        """``[self; other]`` along the batch: ``[B, ...] + [B', ...] -> [B + B', ...]`` (same ``S`` and extras keys)."""
+        return replace(
+            self,
+            hidden=torch.cat([self.hidden, other.hidden]),
+            mask=torch.cat([self.mask, other.mask]),
+            extras={k: torch.cat([v, other.extras[k]]) for k, v in self.extras.items()},
+        )
+
 
 @dataclass
 class LossInputs:
@@ -107,6 +130,8 @@ class LossInputs:
             weighting, ``snr = abar_t / (1 - abar_t)``); None only when built by hand.
         embedding_table: returns ``[V, D]``, the (normalized) word embeddings the rounding head scores against
             (a function, so terms that don't need it cost nothing).
+        prediction_logits: ``[B, L, V]`` the denoiser's own token logits, from which its ``x0_hat`` was made (CDCD's
+            score interpolation, ``Denoiser.predict``); None for denoisers that predict latents.
     """
 
     z0: Tensor
@@ -120,6 +145,7 @@ class LossInputs:
     length_targets: Tensor | None = None
     alpha_bar_t: Tensor | None = None
     embedding_table: Callable[[], Tensor] | None = None
+    prediction_logits: Tensor | None = None
 
 
 @dataclass

@@ -313,13 +313,19 @@ def test_format_max_time() -> None:
 
 def test_default_systems_and_tasks() -> None:
     names = [s.name for s in SYSTEMS]
-    assert names == ["diffuseq", "seqdiffuseq", "difformer", "discrete", "autoregressive"]
+    assert names == ["diffuseq", "seqdiffuseq", "difformer", "cdcd", "discrete", "autoregressive"]
+    by_name = {s.name: s for s in SYSTEMS}
     for task in ("multi30k_en_de", "iwslt14_de_en", "gigaword"):
-        for system in SYSTEMS[:4]:
-            recipe, _ = system.resolve_recipe(TASKS[task])
-            assert recipe is not None and recipe.is_file(), (system.name, task)
+        for name in ("diffuseq", "seqdiffuseq", "difformer", "discrete"):
+            recipe, _ = by_name[name].resolve_recipe(TASKS[task])
+            assert recipe is not None and recipe.is_file(), (name, task)
     # DiffuSeq has no IWSLT recipe: the Multi30k one is used with the IWSLT data
-    assert SYSTEMS[0].resolve_recipe(TASKS["iwslt14_de_en"])[1] is True
+    assert by_name["diffuseq"].resolve_recipe(TASKS["iwslt14_de_en"])[1] is True
+    # CDCD has a Multi30k recipe only: IWSLT falls back to it, Gigaword is skipped (reported, not an error)
+    assert by_name["cdcd"].resolve_recipe(TASKS["multi30k_en_de"])[1] is False
+    assert by_name["cdcd"].resolve_recipe(TASKS["iwslt14_de_en"])[1] is True
+    assert by_name["cdcd"].unavailable(TASKS["multi30k_en_de"]) is None
+    assert "no recipe" in (by_name["cdcd"].unavailable(TASKS["gigaword"]) or "")
     missing = System("x", "x", "recipes/x/{task}.yaml")
     assert "no recipe" in (missing.unavailable(TASKS["gigaword"]) or "")
 

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least
 from lightning_diffusion.types import Conditioning
+
+
+@dataclass
+class DenoiserOutput:
+    """What :meth:`Denoiser.predict` returns.
+
+    Attributes:
+        x0: ``[B, L, D]`` the estimate of the clean latents (what :meth:`Denoiser.forward` returns).
+        logits: ``[B, L, V]`` the network's own token logits when it predicts tokens (CDCD's score
+            interpolation, :class:`~lightning_diffusion.denoisers.ScoreInterpolationDenoiser`); None when it
+            predicts latents directly.
+    """
+
+    x0: Tensor
+    logits: Tensor | None = None
 
 
 class Denoiser(nn.Module, ABC):
@@ -92,3 +108,18 @@ class Denoiser(nn.Module, ABC):
         Returns:
             ``x0_hat`` ``[B, L, D]``.
         """
+
+    def predict(
+        self,
+        z_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        tgt_mask: Tensor | None = None,
+        self_cond: Tensor | None = None,
+    ) -> DenoiserOutput:
+        """The training pass: ``x0_hat`` and, for denoisers that predict tokens, their logits ``[B, L, V]``.
+
+        Same arguments as :meth:`forward`. The default calls the module (forward hooks included) and has no
+        logits; a denoiser whose ``x0`` comes from token logits overrides it to return them as well.
+        """
+        return DenoiserOutput(x0=self(z_t, t, cond, tgt_mask, self_cond))

@@ -135,6 +135,18 @@ class EncoderDecoderDenoiser(Denoiser):
         tgt_mask: Tensor | None = None,
         self_cond: Tensor | None = None,
     ) -> Tensor:
+        """``x0_hat = output_proj(decoder states)`` ``[B, L, D]``; see :meth:`Denoiser.forward`."""
+        return self.output_proj(self.decoder_states(z_t, t, cond, tgt_mask, self_cond))
+
+    def decoder_states(
+        self,
+        z_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        tgt_mask: Tensor | None = None,
+        self_cond: Tensor | None = None,
+    ) -> Tensor:
+        """The decoder's final (normalised) states ``[B, L, H]``, before any output head; arguments as :meth:`forward`."""
         length = z_t.shape[1]
         if length > self.max_positions:
             raise ValueError(f"target length {length} exceeds the decoder's max_positions {self.max_positions}")
@@ -147,4 +159,4 @@ class EncoderDecoderDenoiser(Denoiser):
         x = self.input_dropout(x)
         for layer in self.layers:
             x = layer(x, tgt_mask, cond.hidden, cond.mask, time)
-        return self.output_proj(self.output_norm(x))
+        return self.output_norm(x)

@@ -33,6 +33,8 @@ from lightning_diffusion.discrete.samplers.base import DiscreteSampler
 from lightning_diffusion.discrete.samplers.remasking import MaskPredictSampler
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
 from lightning_diffusion.discrete.schedules.linear import LinearMasking
+from lightning_diffusion.guidance.base import Guidance, check_guidance
+from lightning_diffusion.guidance.condition_dropout import drop_condition, null_condition_parameter
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import LengthNLL, LossTerm
 from lightning_diffusion.selection import CandidateSelection, MBRSelection
@@ -41,7 +43,7 @@ from lightning_diffusion.types import Seq2SeqBatch, masked_mean
 
 _INJECTED = [
     "denoiser", "corruption", "schedule", "loss_terms", "sampler", "length_predictor", "selection", "optimizer",
-    "lr_scheduler",
+    "lr_scheduler", "guidance",
 ]  # fmt: skip
 
 
@@ -82,6 +84,10 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         unroll_weight: weight of the ``unrolled`` term.
         length_ratio, length_offset, max_length: canvas rule and the cap on predicted lengths.
         optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation: as in :class:`Seq2SeqModule`.
+        condition_dropout: classifier-free guidance training (Ho & Salimans 2022): each training example's source
+            conditioning is replaced by a learned null condition (``null_condition`` ``[H]``, created only when
+            > 0) with this probability. Needed by ``ClassifierFreeGuidance`` at decoding.
+        guidance: the default decoding's :class:`~lightning_diffusion.guidance.Guidance` (None = unguided).
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         log_samples: int = 3,
         decode_seed: int = 0,
         decode_during_validation: bool = True,
+        condition_dropout: float = 0.0,
+        guidance: Guidance | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -120,12 +128,15 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         self.loss_terms = nn.ModuleList(loss_terms if loss_terms is not None else [MaskedDiffusionELBO()])
         self._check_loss_terms()
         self.length_predictor = build_length_predictor(length_predictor, self.denoiser.hidden_dim, self.loss_terms)
+        self.condition_dropout = condition_dropout
+        self.null_condition = null_condition_parameter(condition_dropout, self.denoiser.hidden_dim)
         self.decoding = self.check_decoding(
             Decoding(
                 sampler=sampler if sampler is not None else MaskPredictSampler(steps=10),
                 length_beam=length_beam,
                 noise_beam=noise_beam,
                 selection=selection if selection is not None else MBRSelection(),
+                guidance=guidance,
             )
         )
         self.time_epsilon = time_epsilon
@@ -185,6 +196,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor; this model "
                 "decodes one padded canvas per source: use noise_beam for more candidates"
             )
+        check_guidance(decoding.guidance, type(self).__name__, self.null_condition, tokens=True)
         return decoding
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
@@ -241,6 +253,8 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         if self.length_predictor is not None:
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
+        if self.training:  # after the length predictor, which always reads the real source
+            cond = drop_condition(cond, self.null_condition, self.condition_dropout)
         b = target.shape[0]
         t = stratified_times(b, self.time_epsilon, self.device)
         alpha_t = self.schedule.alpha(t, target).expand_as(target)
@@ -309,12 +323,14 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         assert isinstance(sampler, DiscreteSampler)
         cond = self.denoiser.encode(src_ids, src_mask)
         layout = candidate_layout(self.length_predictor, cond, src_mask, decoding, self.max_length, self.canvas_length(src_mask))
+        guidance = decoding.guidance
+        denoiser = self.denoiser if guidance is None else guidance.guide_tokens(self.denoiser, self.null_condition)
         out = sampler.sample(
-            self.denoiser, self.schedule, self.corruption, cond.repeat_interleave(layout.per_source), layout.length,
+            denoiser, self.schedule, self.corruption, cond.repeat_interleave(layout.per_source), layout.length,
             layout.tgt_mask, generator, on_step,
         )  # fmt: skip
         texts = choose_candidates(self, out.token_ids, layout, decoding)
-        return Generation(texts=texts, nfe=out.nfe, candidates=layout.per_source)
+        return Generation(texts=texts, nfe=out.nfe * decoding.calls_per_step, candidates=layout.per_source)
 
 
 __all__ = ["DiscreteDiffusionLM", "stratified_times"]
