@@ -83,3 +83,55 @@ def test_bad_arguments_are_one_line_errors(teacher: Path, tiny_data: TinyData, t
         main(["distill", str(tmp_path / "nope.ckpt"), str(tiny_data.train), str(tmp_path / "out.jsonl")])
     with pytest.raises(SystemExit, match="--steps apply to diffusion models"):
         main(["distill", str(teacher), str(tiny_data.train), str(tmp_path / "out.jsonl"), "--steps", "3"])
+
+
+def test_shards_join_into_the_single_process_file(teacher: Path, tiny_data: TinyData, tmp_path: Path) -> None:
+    """Batches dealt round-robin to 3 shards (64 lines, batches of 10: shard 0 holds batches 0, 3, 6), each shard
+    resumable on its own; the last shard to finish joins them, line for line equal to one process's output."""
+    module = load_pretrained(teacher)
+    greedy = module.decoding.replace(search=GreedySearch())
+    single = tmp_path / "single.jsonl"
+    distill_file(module, teacher, tiny_data.train, single, greedy, batch_size=10)
+
+    out = tmp_path / "sharded.jsonl"
+    first = distill_file(module, teacher, tiny_data.train, out, greedy, batch_size=10, shard=0, num_shards=3)
+    assert first["examples"] == 24 and not first["joined"] and not out.exists()  # batches 0, 3, 6: 10 + 10 + 4 lines
+    shard_one = tmp_path / "sharded.jsonl.shard-1-of-3"
+    distill_file(module, teacher, tiny_data.train, out, greedy, batch_size=10, shard=1, num_shards=3)
+    lines = shard_one.read_text(encoding="utf-8").splitlines(keepends=True)
+    shard_one.write_text("".join(lines[:13]) + lines[13][:5], encoding="utf-8")  # shard 1 killed mid-line 14
+    shard_one.with_name(shard_one.name + ".provenance.json").write_text(
+        shard_one.with_name(shard_one.name + ".provenance.json").read_text(encoding="utf-8").replace('"complete": true', '"complete": false'),
+        encoding="utf-8",
+    )
+    last = distill_file(module, teacher, tiny_data.train, out, greedy, batch_size=10, shard=2, num_shards=3)
+    assert not last["joined"]  # shard 1 is not complete
+    resumed = distill_file(module, teacher, tiny_data.train, out, greedy, batch_size=10, shard=1, num_shards=3)
+    assert resumed["resumed_at"] == [13] and resumed["joined"]
+    assert out.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    provenance = json.loads((tmp_path / "sharded.jsonl.provenance.json").read_text(encoding="utf-8"))
+    assert provenance["complete"] and provenance["written"] == 64 and len(provenance["joined_from"]) == 3
+
+    with pytest.raises(DistillError, match="written with another batch_size"):
+        distill_file(module, teacher, tiny_data.train, out, greedy, batch_size=8, shard=1, num_shards=3)
+    with pytest.raises(DistillError, match="--shard must be in 0..2"):
+        distill_file(module, teacher, tiny_data.train, out, greedy, shard=3, num_shards=3)
+
+
+def test_shard_flags_and_torchrun_environment(
+    teacher: Path, tiny_data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_diffusion.distill import launch_shard
+
+    assert launch_shard(None, None) == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    assert launch_shard(None, None) == (2, 4) and launch_shard(1, 2) == (1, 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out.jsonl"
+    for rank in ("0", "1"):  # what two torchrun processes would do, one after the other
+        monkeypatch.setenv("RANK", rank)
+        main(["distill", str(teacher), str(tiny_data.train), str(out), "--batch_size", "16"])
+    err = capsys.readouterr().err
+    assert "shard 0 of 2 complete; other shards are still running" in err and "joined the 2 shards into" in err
+    assert [row["src"] for row in rows(out)] == [row["src"] for row in tiny_data.pairs("train")]
