@@ -122,13 +122,8 @@ class GuidedTokens(GuidedDenoiser):
         return mix(conditional, unconditional, self.scale)
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
-        """Guided logits ``[B, L, V]``: ``l_u + w (l_c - l_u)``."""
-        null = null_like(cond, self.null)
-        if self.scale == 0.0:
-            return self.denoiser(x_t, t, null, tgt_mask)
-        logits = self.denoiser(doubled(x_t), doubled(t), cond.concat(null), doubled(tgt_mask))
-        conditional, unconditional = logits.chunk(2)
-        return mix(conditional, unconditional, self.scale)
+        """Guided logits ``[B, L, V]``: ``l_u + w (l_c - l_u)``, as the head of the guided states (equal: see above)."""
+        return self.denoiser.output_logits(self.hidden_states(x_t, t, cond, tgt_mask))
 
 
 __all__ = ["ClassifierFreeGuidance", "GuidedLatents", "GuidedTokens", "mix", "null_like"]
