@@ -315,6 +315,19 @@ def parameter_count(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def model_record(module: Any, path: Path | str, **extra: Any) -> dict[str, Any]:
+    """What a one-model benchmark (probe, solvers) says about its model: file, classes, parameters, training step,
+    and ``extra`` fields."""
+    return {
+        "path": rel(path),
+        "class": type(module).__name__,
+        "denoiser": type(module.denoiser).__name__,
+        "parameters": parameter_count(module),
+        "train_step": module.checkpoint_step,
+        **extra,
+    }
+
+
 def decoding_fields(module: Any, decoding: Any) -> dict[str, Any]:
     """Sampling steps, beams, MBR size and the settings string of a decoding of ``module``."""
     has_length = getattr(module, "length_predictor", None) is not None

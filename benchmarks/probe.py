@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import DEFAULT_RESULTS, Progress, envelope, parameter_count, rel, write_json
+from benchmarks.common import DEFAULT_RESULTS, Progress, envelope, model_record, rel, write_json
 from lightning_diffusion.checkpoints import read_checkpoint
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.discrete.model import DiscreteDiffusionLM
@@ -228,16 +228,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     }
     data = envelope("probe", argv, "benchmarks.probe", settings)
     data.update(
-        model={
-            "path": rel(model_path),
-            "class": type(module).__name__,
-            "denoiser": type(module.denoiser).__name__,
-            "parameters": parameter_count(module),
-            "train_step": module.checkpoint_step,
-            "schedule": f"{type(module.schedule).__name__}(T={module.schedule.num_steps})",
-            "train_noise_factor": module.train_noise_factor,
-            "canvas": module.length_predictor is None,
-        },
+        model=model_record(
+            module,
+            model_path,
+            schedule=f"{type(module.schedule).__name__}(T={module.schedule.num_steps})",
+            train_noise_factor=module.train_noise_factor,
+            canvas=module.length_predictor is None,
+        ),
         examples=examples,
         self_conditioned=self_conditioned,
         definitions=DEFINITIONS,
@@ -279,15 +276,9 @@ def masking_main(
     }
     data = envelope("probe", argv, "benchmarks.probe", settings)
     data.update(
-        model={
-            "path": rel(model_path),
-            "class": type(module).__name__,
-            "denoiser": type(module.denoiser).__name__,
-            "parameters": parameter_count(module),
-            "train_step": module.checkpoint_step,
-            "corruption": type(module.corruption).__name__,
-            "schedule": type(module.schedule).__name__,
-        },
+        model=model_record(
+            module, model_path, corruption=type(module.corruption).__name__, schedule=type(module.schedule).__name__
+        ),
         examples=examples,
         definitions=MASKING_DEFINITIONS,
         rows=[dataclasses.asdict(r) for r in rows],

@@ -30,7 +30,7 @@ from benchmarks.common import (
     Progress,
     decode_batches,
     envelope,
-    parameter_count,
+    model_record,
     rel,
     score,
     write_json,
@@ -186,14 +186,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     }
     data = envelope("solvers", argv, "benchmarks.solvers", settings)
     data.update(
-        model={
-            "path": rel(model_path),
-            "class": type(module).__name__,
-            "denoiser": type(module.denoiser).__name__,
-            "parameters": parameter_count(module),
-            "train_step": module.checkpoint_step,
-            "condition_dropout": getattr(module, "condition_dropout", 0.0),
-        },
+        model=model_record(module, model_path, condition_dropout=getattr(module, "condition_dropout", 0.0)),
         model_decoding=module.decoding_settings(),
         examples=examples,
         solver_rows=solver_rows,
