@@ -211,6 +211,21 @@ def peak_memory(device: str = "cpu") -> Iterator[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
+def ints(value: str) -> list[int]:
+    """``"2,5,10"`` -> ``[2, 5, 10]`` (an argparse type; empty items skipped)."""
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def floats(value: str) -> list[float]:
+    """``"1,1.5"`` -> ``[1.0, 1.5]`` (an argparse type; empty items skipped)."""
+    return [float(v) for v in value.split(",") if v.strip()]
+
+
+def names(value: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]`` (an argparse type; empty items skipped)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def import_object(path: str) -> Any:
     module_name, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module_name), name)

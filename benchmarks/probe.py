@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import DEFAULT_RESULTS, Progress, envelope, model_record, rel, write_json
+from benchmarks.common import DEFAULT_RESULTS, Progress, envelope, floats, ints, model_record, rel, write_json
 from lightning_diffusion.checkpoints import read_checkpoint
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.discrete.model import DiscreteDiffusionLM
@@ -64,14 +64,6 @@ MASKING_DEFINITIONS = (
     "every real target position right after carrying the uncorrupted ones over (what a sampler's last step would "
     "keep). Corruption: the model's own process and schedule at t, one generator per t seeded with --seed."
 )
-
-
-def ints(value: str) -> list[int]:
-    return [int(v) for v in value.split(",") if v.strip()]
-
-
-def floats(value: str) -> list[float]:
-    return [float(v) for v in value.split(",") if v.strip()]
 
 
 def model_files(model: Path, tokenizer: str | None) -> tuple[Path, dict[str, Any]]:

@@ -30,7 +30,11 @@ from benchmarks.common import (
     Progress,
     decode_batches,
     envelope,
+    floats,
+    import_object,
+    ints,
     model_record,
+    names,
     rel,
     score,
     write_json,
@@ -42,23 +46,10 @@ from lightning_diffusion.pretrained import load_pretrained
 SAMPLER_MODULES = ("lightning_diffusion.samplers", "lightning_diffusion.discrete.samplers")
 
 
-def ints(value: str) -> list[int]:
-    return [int(v) for v in value.split(",") if v.strip()]
-
-
-def floats(value: str) -> list[float]:
-    return [float(v) for v in value.split(",") if v.strip()]
-
-
-def names(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def sampler_class(name: str) -> type:
     """A sampler class by short name (``DDIMSampler``) or dotted class path."""
     if "." in name:
-        module_name, _, attr = name.rpartition(".")
-        return getattr(importlib.import_module(module_name), attr)
+        return import_object(name)
     for module_name in SAMPLER_MODULES:
         found = getattr(importlib.import_module(module_name), name, None)
         if found is not None:

@@ -32,6 +32,7 @@ from benchmarks.common import (
     decoding_fields,
     decoding_for,
     envelope,
+    ints,
     load_module,
     parameter_count,
     rel,
@@ -40,10 +41,6 @@ from benchmarks.common import (
 )
 from benchmarks.systems import TASKS, System, data_root_default, load_systems, select
 from lightning_diffusion.decoding import decode_batch
-
-
-def ints(value: str) -> list[int]:
-    return [int(v) for v in value.split(",") if v.strip()]
 
 
 def variants(system: System, module: Any, steps: list[int]) -> list[tuple[str, dict[str, Any]]]:

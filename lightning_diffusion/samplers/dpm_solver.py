@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_diffusion.samplers.base import Sampler, StepContext
+from lightning_diffusion.samplers.ddim import ddim_step
 from lightning_diffusion.schedules.base import NoiseSchedule
 
 Spacing = Literal["time", "logsnr"]
@@ -113,12 +114,8 @@ class DPMSolverPP(Sampler):
     def step(self, z_t: Tensor, x0: Tensor, abar_t: Tensor, abar_s: Tensor, noise: Tensor) -> Tensor:
         """First order, DPM-Solver++ eq. 5 in DDIM's arithmetic (bit for bit ``DDIMSampler(eta=0)``):
         ``eps_hat = (z_t - alpha_t x0_hat) / sigma_t``, ``z_s = alpha_s x0_hat + sigma_s eps_hat``, which is
-        ``(sigma_s / sigma_t) z_t + alpha_s (1 - exp(-h)) x0_hat``. ``noise`` is not used."""
-        abar_t = abar_t.unsqueeze(-1)  # [B, L, 1]
-        abar_s = abar_s.unsqueeze(-1)
-        f = self.noise_factor
-        eps = (z_t - abar_t.sqrt() * x0) / (f * (1.0 - abar_t).clamp_min(1e-12).sqrt())
-        return abar_s.sqrt() * x0 + f * (1.0 - abar_s).clamp_min(0.0).sqrt() * eps
+        ``(sigma_s / sigma_t) z_t + alpha_s (1 - exp(-h)) x0_hat``: :func:`ddim_step` with ``eta = 0``."""
+        return ddim_step(z_t, x0, abar_t, abar_s, noise, self.noise_factor, eta=0.0)
 
     def update(
         self, z_t: Tensor, x0: Tensor, abar_t: Tensor, abar_s: Tensor, noise: Tensor, context: StepContext
