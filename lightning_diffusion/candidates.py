@@ -77,6 +77,44 @@ def candidate_layout(
     return CandidateLayout(per_source=top.shape[1] * decoding.noise_beam, length=length, tgt_mask=tgt_mask)
 
 
+def length_groups(lengths: Tensor, overhead: int = 64) -> list[Tensor]:
+    """Split candidate rows into groups of similar length, each decoded on its own canvas (as long as its longest
+    row) instead of one canvas as long as the batch's longest: the padding a short candidate would carry through
+    every denoiser call is not computed.
+
+    The split minimises ``sum over groups (rows x longest + overhead)``, the positions the network runs over plus a
+    fixed cost per extra call in position-equivalents (``overhead``: Python, kernel launches and small ops of one
+    denoiser call), exactly, by dynamic programming over the distinct lengths (at most ``max_length`` of them).
+
+    Args:
+        lengths: ``[N]`` long, each row's length (>= 1).
+        overhead: cost of one more group in positions; 0 = one group per distinct length, a large value = one group.
+
+    Returns:
+        Row indices ``[N_g]`` (long) per group, shortest group first, rows by increasing length inside a group;
+        together a permutation of ``0..N-1``.
+    """
+    if lengths.dim() != 1 or lengths.numel() == 0:
+        raise ValueError(f"lengths must be a non-empty [N] tensor, got shape {tuple(lengths.shape)}")
+    if overhead < 0:
+        raise ValueError(f"overhead must be >= 0, got {overhead}")
+    order = torch.argsort(lengths, stable=True)
+    values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+    values_, ends = values.tolist(), counts.cumsum(0).tolist()  # rows with length <= values_[i]: ends[i]
+    best = [0.0] + [math.inf] * len(values_)  # best[i]: cost of the first i distinct lengths
+    cut = [0] * (len(values_) + 1)
+    for i in range(1, len(values_) + 1):
+        for j in range(i):
+            cost = best[j] + (ends[i - 1] - (ends[j - 1] if j else 0)) * values_[i - 1] + overhead
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    bounds, i = [], len(values_)
+    while i > 0:
+        bounds.append((ends[cut[i] - 1] if cut[i] else 0, ends[i - 1]))
+        i = cut[i]
+    return [order[start:end] for start, end in reversed(bounds)]
+
+
 def choose_candidates(module: Seq2SeqModule, token_ids: Tensor, layout: CandidateLayout, decoding: Decoding) -> list[str]:
     """Decoded ids ``[B * per_source, L]`` -> one hypothesis per source: positions past a candidate's length become
     the end token (so the text is cut there), the ids are detokenized (collapsing repeats if the decoding says so)
@@ -88,4 +126,4 @@ def choose_candidates(module: Seq2SeqModule, token_ids: Tensor, layout: Candidat
     return [texts[i * n + decoding.selection.select(texts[i * n : (i + 1) * n])] for i in range(len(texts) // n)]
 
 
-__all__ = ["CandidateLayout", "build_length_predictor", "canvas_length", "candidate_layout", "choose_candidates"]
+__all__ = ["CandidateLayout", "build_length_predictor", "canvas_length", "candidate_layout", "choose_candidates", "length_groups"]

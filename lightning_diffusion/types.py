@@ -88,6 +88,15 @@ class Conditioning:
             extras={k: v.repeat_interleave(n, dim=0) for k, v in self.extras.items()},
         )
 
+    def select(self, rows: Tensor) -> Conditioning:
+        """The rows ``rows`` ``[B']`` (long indices, in this order) of every tensor: ``[B, ...] -> [B', ...]``."""
+        return replace(
+            self,
+            hidden=self.hidden.index_select(0, rows),
+            mask=self.mask.index_select(0, rows),
+            extras={k: v.index_select(0, rows) for k, v in self.extras.items()},
+        )
+
     def with_null(self, null: Tensor, drop: Tensor) -> Conditioning:
         """The rows ``drop`` ``[B]`` (bool) replaced by the null condition (classifier-free guidance, Ho & Salimans
         2022): ``hidden[i] = [null, 0, ..., 0]`` ``[S, H]`` and ``mask[i] = [True, False, ..., False]``; the other

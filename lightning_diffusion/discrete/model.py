@@ -22,6 +22,7 @@ from lightning_diffusion.candidates import (
     candidate_layout,
     canvas_length,
     choose_candidates,
+    length_groups,
 )
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.discrete.corruption.absorbing import AbsorbingCorruption
@@ -39,7 +40,7 @@ from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import LengthNLL, LossTerm
 from lightning_diffusion.selection import CandidateSelection, MBRSelection
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
-from lightning_diffusion.types import Seq2SeqBatch, masked_mean
+from lightning_diffusion.types import Conditioning, Seq2SeqBatch, masked_mean
 
 _INJECTED = [
     "denoiser", "corruption", "schedule", "loss_terms", "sampler", "length_predictor", "selection", "optimizer",
@@ -325,12 +326,41 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         layout = candidate_layout(self.length_predictor, cond, src_mask, decoding, self.max_length, self.canvas_length(src_mask))
         guidance = decoding.guidance
         denoiser = self.denoiser if guidance is None else guidance.guide_tokens(self.denoiser, self.null_condition)
-        out = sampler.sample(
-            denoiser, self.schedule, self.corruption, cond.repeat_interleave(layout.per_source), layout.length,
-            layout.tgt_mask, generator, on_step,
-        )  # fmt: skip
-        texts = choose_candidates(self, out.token_ids, layout, decoding)
-        return Generation(texts=texts, nfe=out.nfe * decoding.calls_per_step, candidates=layout.per_source)
+        cond = cond.repeat_interleave(layout.per_source)
+        if layout.tgt_mask is None:
+            out = sampler.sample(denoiser, self.schedule, self.corruption, cond, layout.length, None, generator, on_step)
+            token_ids, nfe = out.token_ids, out.nfe
+        else:
+            token_ids, nfe = self._sample_by_length(sampler, denoiser, cond, layout.tgt_mask, generator, on_step)
+        texts = choose_candidates(self, token_ids, layout, decoding)
+        return Generation(texts=texts, nfe=nfe * decoding.calls_per_step, candidates=layout.per_source)
+
+    def _sample_by_length(
+        self,
+        sampler: DiscreteSampler,
+        denoiser: TokenDenoiser,
+        cond: Conditioning,
+        tgt_mask: Tensor,
+        generator: torch.Generator | None,
+        on_step: Callable[[int, int], None] | None,
+    ) -> tuple[Tensor, int]:
+        """Decode candidates with predicted lengths (``tgt_mask`` ``[N, L]``) in groups of similar length
+        (:func:`~lightning_diffusion.candidates.length_groups`), each on a canvas as long as its longest row, so a
+        short candidate does not carry the batch's longest canvas through every step (every row is decoded on its
+        own positions either way). Returns the ids ``[N, L]`` (0 past each length) and the most calls a group made."""
+        lengths = tgt_mask.sum(-1)
+        groups = length_groups(lengths)
+        token_ids = torch.zeros(tgt_mask.shape, dtype=torch.long, device=tgt_mask.device)
+        nfe = 0
+        for g, rows in enumerate(groups):
+            length = int(lengths[rows].max())
+            step = None if on_step is None else (lambda done, total, g=g: on_step(g * total + done, len(groups) * total))
+            out = sampler.sample(
+                denoiser, self.schedule, self.corruption, cond.select(rows), length, tgt_mask[rows, :length], generator, step
+            )  # fmt: skip
+            token_ids[rows, :length] = out.token_ids
+            nfe = max(nfe, out.nfe)
+        return token_ids, nfe
 
 
 __all__ = ["DiscreteDiffusionLM", "stratified_times"]

@@ -120,6 +120,33 @@ def test_generate_through_the_one_decoding_path(tok: Any, batch: Any, length: bo
     assert "AbsorbingCorruption" in module.decoding_settings()
 
 
+def test_length_groups_decode_what_one_canvas_decodes(tok: Any, batch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates decoded in groups of similar length (each on its own shorter canvas) get the tokens they get on
+    the batch's one canvas: the grouping only skips padding."""
+    import lightning_diffusion.discrete.model as model_module
+
+    module = with_length(tok, length_beam=3)
+    module.eval()
+    seen: list[int] = []
+    real = model_module.length_groups
+
+    def groups_with(overhead: int) -> Any:
+        def split(lengths: torch.Tensor) -> list[torch.Tensor]:
+            out = real(lengths, overhead)
+            seen.append(len(out))
+            return out
+
+        return split
+
+    monkeypatch.setattr(model_module, "length_groups", groups_with(10**9))
+    one = decode_batch(module, batch, seed=0)
+    monkeypatch.setattr(model_module, "length_groups", groups_with(0))
+    many = decode_batch(module, batch, seed=0)
+    assert seen[0] == 1 and seen[1] > 1  # the second run really split the batch
+    assert [r["hypothesis"] for r in many.rows] == [r["hypothesis"] for r in one.rows]
+    assert many.nfe == one.nfe == 3
+
+
 def test_spindle_is_fitted_on_the_training_targets_and_checkpointed(tok: Any, tiny_datamodule: Any, tmp_path: Path) -> None:
     module = make(tok, schedule=SpindleMasking(0.3), vocab_size=tiny_datamodule.vocab_size)
     trainer = Trainer(

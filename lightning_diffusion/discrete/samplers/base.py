@@ -39,13 +39,14 @@ def token_choice(logits: Tensor, temperature: float, generator: torch.Generator 
     """Pick a token per position from logits ``[B, L, V]``: argmax when ``temperature == 0``, else a draw from
     ``softmax(logits / temperature)``. Returns the ids ``[B, L]`` and the model's probability of each pick
     ``[B, L]`` (at temperature 1; the confidence the re-masking rules rank by)."""
-    probs = F.softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    log_norm = torch.logsumexp(logits, dim=-1)  # p(v) = exp(logit_v - logsumexp), no [.., V] softmax kept
     if temperature == 0:
-        ids = probs.argmax(-1)
-    else:
-        scaled = F.softmax(logits.float() / temperature, dim=-1)
-        ids = torch.multinomial(scaled.reshape(-1, scaled.shape[-1]), 1, generator=generator).reshape(logits.shape[:-1])
-    return ids, probs.gather(-1, ids[..., None]).squeeze(-1)
+        top, ids = logits.max(dim=-1)
+        return ids, torch.exp(top - log_norm)
+    scaled = F.softmax(logits / temperature, dim=-1)
+    ids = torch.multinomial(scaled.reshape(-1, scaled.shape[-1]), 1, generator=generator).reshape(logits.shape[:-1])
+    return ids, torch.exp(logits.gather(-1, ids[..., None]).squeeze(-1) - log_norm)
 
 
 def predict_positions(
