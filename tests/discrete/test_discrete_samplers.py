@@ -33,6 +33,7 @@ class Oracle(TokenDenoiser):
         self.target = target
         self.sure = sure
         self.masked_seen: list[torch.Tensor] = []
+        self.times_seen: list[torch.Tensor] = []
 
     def encode(self, src_ids, src_mask):
         return Conditioning(hidden=torch.zeros(src_ids.shape[0], 1, V), mask=src_mask)
@@ -42,17 +43,19 @@ class Oracle(TokenDenoiser):
 
     def hidden_states(self, x_t, t, cond, tgt_mask=None):
         self.masked_seen.append((x_t == self.mask_id).sum(-1))
+        self.times_seen.append(t.clone())
         # Confidence differs by position so re-masking has a strict order: later positions are surer.
         ramp = torch.linspace(0.0, 1.0, x_t.shape[1])[None, :, None]
         return torch.nn.functional.one_hot(self.target, V).float() * (self.sure + ramp)
 
 
-def run(sampler, corruption=None, lengths=(7, 4), steps_seen=False):
+def run(sampler, corruption=None, lengths=(7, 4), steps_seen=False, schedule=None):
     target = torch.randint(0, V, (len(lengths), max(lengths)), generator=torch.Generator().manual_seed(0))
     mask = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
     oracle = Oracle(target)
     cond = oracle.encode(torch.zeros(len(lengths), 3, dtype=torch.long), torch.ones(len(lengths), 3, dtype=torch.bool))
-    out = sampler.sample(oracle, LinearMasking(), corruption or AbsorbingCorruption(), cond, max(lengths), mask, torch.Generator().manual_seed(1))
+    schedule = schedule if schedule is not None else LinearMasking()
+    out = sampler.sample(oracle, schedule, corruption or AbsorbingCorruption(), cond, max(lengths), mask, torch.Generator().manual_seed(1))
     return out, target.masked_fill(~mask, 0), oracle
 
 
@@ -94,6 +97,24 @@ def test_mask_predict_unmasks_by_the_rule_and_keeps_decided_tokens() -> None:
     """Without re-scoring, the denoiser sees ``L - n_{k-1}`` masks at step ``k``."""
     _, _, oracle = run(MaskPredictSampler(steps=5, rescore=False), lengths=(10,))
     assert [int(m) for m in torch.stack(oracle.masked_seen)[:, 0]] == [10, 8, 6, 4, 2]
+
+
+def test_re_masking_samplers_feed_the_schedule_time_of_the_masked_share() -> None:
+    """A linear rule leaves 10, 8, 6, 4, 2 of 10 masked; a cosine-trained model is fed t = (2 / pi) asin(share),
+    the time at which its training masked that share; ``grid_time`` feeds 1, 0.8, ... as before."""
+    shares = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2])
+    for sampler in (MaskPredictSampler(steps=5), MaskPredictSampler(steps=5, rescore=False)):
+        _, _, oracle = run(sampler, lengths=(10,), schedule=CosineMasking())
+        assert torch.allclose(torch.cat(oracle.times_seen), (2 / torch.pi) * torch.asin(shares), atol=1e-6)
+    _, _, oracle = run(MaskPredictSampler(steps=5, grid_time=True), lengths=(10,), schedule=CosineMasking())
+    assert torch.allclose(torch.cat(oracle.times_seen), shares)
+    # rows of different lengths get their own shares: 3 of 7 (7 - floor(7 / 2) decided) and 2 of 4 still masked
+    _, _, oracle = run(MaskPredictSampler(steps=2), lengths=(7, 4), schedule=LinearMasking())
+    assert torch.allclose(oracle.times_seen[1], torch.tensor([3 / 7, 2 / 4]))
+    unsure = Oracle(torch.zeros(1, 5, dtype=torch.long), sure=1.0)  # every pick below the threshold: one per step
+    cond = unsure.encode(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+    ConfidenceThresholdSampler(steps=3).sample(unsure, LinearMasking(), AbsorbingCorruption(), cond, 5)
+    assert torch.allclose(torch.cat(unsure.times_seen), torch.tensor([1.0, 0.8, 0.6]))
 
 
 def test_ancestral_skips_calls_when_nothing_changed() -> None:

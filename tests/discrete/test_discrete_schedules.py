@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lightning_diffusion.discrete import CosineMasking, LinearMasking, SpindleMasking
+from lightning_diffusion.discrete.schedules.base import MaskingSchedule
 
 
 def fitted_spindle(lam: float = 0.3) -> SpindleMasking:
@@ -54,3 +55,19 @@ def test_spindle_round_trips_through_a_state_dict() -> None:
         SpindleMasking().alpha(torch.tensor([0.5]), torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="1/pi"):
         SpindleMasking(lam=0.5)
+
+
+@pytest.mark.parametrize("schedule", [LinearMasking(), CosineMasking(), SpindleMasking(0.3)], ids=lambda s: type(s).__name__)
+def test_time_at_inverts_alpha(schedule) -> None:
+    t = torch.linspace(0.0, 1.0, 41)
+    assert torch.allclose(schedule.time_at(schedule.alpha(t).reshape(-1)), t, atol=1e-5)
+
+
+def test_time_at_closed_forms_match_the_generic_bisection() -> None:
+    alpha = torch.tensor([0.0, 0.1, 0.29289, 0.5, 0.9, 1.0])
+    for schedule in (LinearMasking(), CosineMasking()):
+        generic = MaskingSchedule.time_at(schedule, alpha)
+        assert torch.allclose(schedule.time_at(alpha), generic, atol=1e-5)
+        assert generic[0] == 1.0 and generic[-1] == 0.0  # exact at the ends
+    # hand values: cosine masks sin(pi t / 2), so half the tokens masked is t = 1/3, 71% masked is t = 1/2
+    assert torch.allclose(CosineMasking().time_at(torch.tensor([0.5, 1 - 2**-0.5])), torch.tensor([1 / 3, 0.5]), atol=1e-6)

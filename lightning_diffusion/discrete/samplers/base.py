@@ -49,6 +49,16 @@ def token_choice(logits: Tensor, temperature: float, generator: torch.Generator 
     return ids, torch.exp(logits.gather(-1, ids[..., None]).squeeze(-1) - log_norm)
 
 
+def state_time(schedule: MaskingSchedule, undecided: Tensor, exists: Tensor) -> Tensor:
+    """The time ``[B]`` to feed the denoiser for a state whose undecided (masked / re-noised) positions are
+    ``undecided`` ``[B, L]`` among ``exists`` ``[B, L]``: the time at which the training schedule leaves that share
+    corrupted, ``t = alpha^{-1}(1 - share)`` (:meth:`MaskingSchedule.time_at`). Samplers whose own rule decides how
+    many positions stay masked (mask-predict, thresholds) otherwise tell the model a time its training paired with
+    a different share (a cosine-trained model at grid time 0.5 expects 71% masked, not a linear rule's 50%)."""
+    share = (undecided & exists).sum(-1).float() / exists.sum(-1).clamp_min(1).float()
+    return schedule.time_at(1.0 - share)
+
+
 def predict_positions(
     denoiser: TokenDenoiser,
     x_t: Tensor,
@@ -113,4 +123,4 @@ class DiscreteSampler(ChainSampler):
         """
 
 
-__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "predict_positions", "time_grid", "token_choice"]
+__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "predict_positions", "state_time", "time_grid", "token_choice"]

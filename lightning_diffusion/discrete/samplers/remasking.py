@@ -14,6 +14,7 @@ from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
     predict_positions,
+    state_time,
     time_grid,
 )
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
@@ -67,6 +68,9 @@ class MaskPredictSampler(DiscreteSampler):
         avoid_repeats: before the last step, a pick equal to its left neighbour's token ranks below every other
             pick (the less confident of the two is re-masked and predicted again with more context): the
             non-autoregressive "auf auf auf" failure, fixed at decoding time. Off by default.
+        grid_time: feed the denoiser the grid time ``t_k = 1 - k / K`` (the behaviour before 0.x); default False:
+            the time at which the model's training schedule masks the share the rule left masked
+            (:func:`~lightning_diffusion.discrete.samplers.base.state_time`; the same when ``rule`` is the schedule).
     """
 
     def __init__(
@@ -76,18 +80,21 @@ class MaskPredictSampler(DiscreteSampler):
         rule: MaskingSchedule | None = None,
         rescore: bool = True,
         avoid_repeats: bool = False,
+        grid_time: bool = False,
     ) -> None:
         super().__init__(steps, temperature)
         self.rule = rule if rule is not None else LinearMasking()
         self.rescore = rescore
         self.avoid_repeats = avoid_repeats
+        self.grid_time = grid_time
 
     def describe(self) -> str:
         how = "re-scored" if self.rescore else "final once decided"
         repeats = ", repeats re-masked" if self.avoid_repeats else ""
+        time = "grid time" if self.grid_time else "schedule time of the masked share"
         return (
             f"{type(self).__name__}(steps={self.steps}, {type(self.rule).__name__} rule, tokens {how}{repeats}, "
-            f"temperature={self.temperature:g})"
+            f"{time}, temperature={self.temperature:g})"
         )
 
     def sample(
@@ -111,7 +118,7 @@ class MaskPredictSampler(DiscreteSampler):
         decided = torch.zeros(b, length, dtype=torch.bool, device=device)
         grid = time_grid(self.steps, device)
         for k in range(self.steps):
-            t_vec = torch.full((b,), float(grid[k]), device=device)
+            t_vec = torch.full((b,), float(grid[k]), device=device) if self.grid_time else state_time(schedule, ~decided, exists)
             picks, confidence = predict_positions(denoiser, x, t_vec, cond, tgt_mask, ~decided & exists, self.temperature, generator)
             tokens = torch.where(decided, tokens, picks)
             scores = torch.where(decided, scores, confidence)

@@ -14,6 +14,7 @@ from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
     predict_positions,
+    state_time,
     time_grid,
 )
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
@@ -29,16 +30,21 @@ class ConfidenceThresholdSampler(DiscreteSampler):
     Args:
         steps: the most denoiser calls.
         threshold: confidence in ``(0, 1]`` above which a position is decided.
+        grid_time: feed the grid time ``t_k = 1 - k / K`` (the behaviour before 0.x) instead of the schedule time of
+            the share still undecided (:func:`~lightning_diffusion.discrete.samplers.base.state_time`; this rule
+            decides a data-dependent number of positions, so the grid time says little about the state).
     """
 
-    def __init__(self, steps: int = 16, temperature: float = 0.0, threshold: float = 0.9) -> None:
+    def __init__(self, steps: int = 16, temperature: float = 0.0, threshold: float = 0.9, grid_time: bool = False) -> None:
         super().__init__(steps, temperature)
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
+        self.grid_time = grid_time
 
     def describe(self) -> str:
-        return f"{type(self).__name__}(at most {self.steps} steps, threshold={self.threshold:g}, temperature={self.temperature:g})"
+        time = ", grid time" if self.grid_time else ""
+        return f"{type(self).__name__}(at most {self.steps} steps, threshold={self.threshold:g}{time}, temperature={self.temperature:g})"
 
     def sample(
         self,
@@ -62,7 +68,7 @@ class ConfidenceThresholdSampler(DiscreteSampler):
         for k in range(self.steps):
             if bool(decided.all()):
                 break
-            t_vec = torch.full((b,), float(grid[k]), device=device)
+            t_vec = torch.full((b,), float(grid[k]), device=device) if self.grid_time else state_time(schedule, ~decided, exists)
             picks, confidence = predict_positions(denoiser, x, t_vec, cond, tgt_mask, ~decided, self.temperature, generator)
             calls += 1
             open_scores = confidence.masked_fill(decided, -math.inf)

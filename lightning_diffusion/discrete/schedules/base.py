@@ -29,6 +29,25 @@ class MaskingSchedule(nn.Module, ABC):
     def alpha_derivative(self, t: Tensor, x0: Tensor | None = None) -> Tensor:
         """``d alpha / dt`` (<= 0), same shape as :meth:`alpha`."""
 
+    def time_at(self, alpha: Tensor) -> Tensor:
+        """The inverse of the token-independent ``alpha``: times ``t`` ``[B]`` with ``alpha(t) = alpha`` for clean
+        shares ``alpha`` ``[B]`` in [0, 1] (samplers that decide how many tokens stay masked by their own rule feed
+        the denoiser the time its training paired with that share). Here by bisection (40 halvings of [0, 1]) for a
+        non-increasing ``alpha``, exact at the ends (``t = 1`` for a share as corrupted as ``alpha(1)``); where
+        ``alpha`` is flat the answer is as precise as float32 ``alpha`` allows. Closed forms override it."""
+        target = alpha.to(torch.float64)
+        low = torch.zeros_like(target)
+        high = torch.ones_like(target)
+        for _ in range(40):
+            mid = 0.5 * (low + high)
+            above = self.alpha(mid).reshape(-1).to(torch.float64) > target  # alpha(mid) still too clean: t is later
+            low = torch.where(above, mid, low)
+            high = torch.where(above, high, mid)
+        t = 0.5 * (low + high)
+        ends = self.alpha(torch.tensor([0.0, 1.0], device=target.device)).reshape(-1).to(torch.float64)
+        t = torch.where(target <= ends[1], 1.0, torch.where(target >= ends[0], 0.0, t))  # exact at the ends
+        return t.to(torch.float32)
+
     def rate(self, t: Tensor, x0: Tensor | None = None, max_rate: float = 1e4) -> Tensor:
         """The absorbing ELBO's weight ``-alpha'(t) / (1 - alpha(t))`` (MDLM eq. 10; ``1 / t`` for the linear
         schedule), clipped at ``max_rate`` where ``alpha -> 1``."""

@@ -21,5 +21,9 @@ class CosineMasking(MaskingSchedule):
     def alpha_derivative(self, t: Tensor, x0: Tensor | None = None) -> Tensor:
         return -0.5 * math.pi * torch.cos(0.5 * math.pi * _broadcast(t))
 
+    def time_at(self, alpha: Tensor) -> Tensor:
+        """``t = (2 / pi) arcsin(1 - alpha)``."""
+        return (2.0 / math.pi) * torch.asin((1.0 - alpha.to(torch.float32)).clamp(0.0, 1.0))
+
 
 __all__ = ["CosineMasking"]

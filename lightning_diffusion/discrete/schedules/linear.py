@@ -17,5 +17,9 @@ class LinearMasking(MaskingSchedule):
     def alpha_derivative(self, t: Tensor, x0: Tensor | None = None) -> Tensor:
         return torch.full_like(_broadcast(t), -1.0)
 
+    def time_at(self, alpha: Tensor) -> Tensor:
+        """``t = 1 - alpha``."""
+        return (1.0 - alpha.to(torch.float32)).clamp(0.0, 1.0)
+
 
 __all__ = ["LinearMasking"]
