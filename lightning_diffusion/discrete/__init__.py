@@ -12,6 +12,7 @@ from lightning_diffusion.discrete.denoisers import (
     PrefixTokenDenoiser,
     TokenDenoiser,
 )
+from lightning_diffusion.discrete.glancing import Glancing
 from lightning_diffusion.discrete.losses import (
     D3PMHybrid,
     DiscreteLossInputs,
@@ -37,7 +38,7 @@ from lightning_diffusion.discrete.schedules import (
 __all__ = [
     "AbsorbingCorruption", "ConfidenceThresholdSampler", "CosineMasking", "Corruption", "D3PMHybrid",
     "DiscreteAncestralSampler", "DiscreteDiffusionLM", "DiscreteLossInputs", "DiscreteLossTerm", "DiscreteSampler",
-    "EncoderDecoderTokenDenoiser", "LinearMasking", "MaskAndReplaceCorruption", "MaskPredictSampler", "MaskedDiffusionELBO",
+    "EncoderDecoderTokenDenoiser", "Glancing", "LinearMasking", "MaskAndReplaceCorruption", "MaskPredictSampler", "MaskedDiffusionELBO",
     "MaskingSchedule", "PrefixTokenDenoiser", "ReweightedCrossEntropy", "SpindleMasking", "TauLeapingSampler",
     "TokenDenoiser", "UniformCorruption",
 ]  # fmt: skip

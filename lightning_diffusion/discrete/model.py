@@ -28,6 +28,7 @@ from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.discrete.corruption.absorbing import AbsorbingCorruption
 from lightning_diffusion.discrete.corruption.base import Corruption
 from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
+from lightning_diffusion.discrete.glancing import Glancing
 from lightning_diffusion.discrete.losses.base import DiscreteLossInputs, DiscreteLossTerm
 from lightning_diffusion.discrete.losses.masked_elbo import MaskedDiffusionELBO
 from lightning_diffusion.discrete.samplers.base import DiscreteSampler
@@ -44,7 +45,7 @@ from lightning_diffusion.types import Conditioning, Seq2SeqBatch, masked_mean
 
 _INJECTED = [
     "denoiser", "corruption", "schedule", "loss_terms", "sampler", "length_predictor", "selection", "optimizer",
-    "lr_scheduler", "guidance",
+    "lr_scheduler", "guidance", "glancing",
 ]  # fmt: skip
 
 
@@ -89,6 +90,9 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             conditioning is replaced by a learned null condition (``null_condition`` ``[H]``, created only when
             > 0) with this probability. Needed by ``ClassifierFreeGuidance`` at decoding.
         guidance: the default decoding's :class:`~lightning_diffusion.guidance.Guidance` (None = unguided).
+        glancing: GLAT's glancing sampling (:class:`~lightning_diffusion.discrete.glancing.Glancing`) in place of the
+            random corruption level for (a share of) the training examples; None = off. Costs one extra forward
+            pass without gradient per training step.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         decode_during_validation: bool = True,
         condition_dropout: float = 0.0,
         guidance: Guidance | None = None,
+        glancing: Glancing | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -140,6 +145,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 guidance=guidance,
             )
         )
+        self.glancing = glancing
         self.time_epsilon = time_epsilon
         self.unroll_steps = unroll_steps
         self.unroll_weight = unroll_weight
@@ -262,6 +268,9 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         x_t = self.corruption.sample(target, alpha_t, self.vocab_size)
         if attention_mask is not None:
             x_t = torch.where(attention_mask, x_t, target)  # positions past the length are never seen
+        if self.training and self.glancing is not None:
+            x_t, t = self._glance(target, x_t, t, cond, attention_mask, loss_mask)
+            alpha_t = self.schedule.alpha(t, target).expand_as(target)
         logits = self.denoiser(x_t, t, cond, attention_mask)
         inputs = DiscreteLossInputs(
             x0=target,
@@ -284,6 +293,27 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             per_example = per_example + self.unroll_weight * per_term["unrolled"]
         loss = per_example.mean()
         return loss, {name: value.mean() for name, value in per_term.items()}
+
+    def _glance(
+        self, target: Tensor, x_t: Tensor, t: Tensor, cond: Conditioning, attention_mask: Tensor | None, loss_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """GLAT's glancing state for the chosen examples: predict the target from the prior (no gradient), reveal
+        ``ceil(ratio * wrong)`` random true tokens, corrupt the rest; their time is the schedule time of the
+        corrupted share. Returns ``x_t`` ``[B, L]`` and ``t`` ``[B]`` (the other examples unchanged)."""
+        assert self.glancing is not None
+        b = target.shape[0]
+        prior = self.corruption.prior(tuple(target.shape), self.vocab_size, target.device)
+        if attention_mask is not None:
+            prior = torch.where(attention_mask, prior, target)
+        with torch.no_grad():
+            picks = self.denoiser(prior, torch.ones(b, device=target.device), cond, attention_mask).argmax(-1)
+        scored = loss_mask.bool()
+        keep = self.glancing.revealed(picks, target, scored, self.global_step)
+        clean_share = keep.sum(-1).float() / scored.sum(-1).clamp_min(1).float()
+        glanced_t = self.schedule.time_at(clean_share).clamp(self.time_epsilon, 1.0)
+        rows = self.glancing.chosen(b, target.device)
+        x_t = torch.where(rows[:, None], torch.where(keep, target, prior), x_t)
+        return x_t, torch.where(rows, glanced_t, t)
 
     def _unrolled(
         self, logits: Tensor, x_t: Tensor, target: Tensor, loss_mask: Tensor, t: Tensor, cond: object, attention_mask: Tensor | None

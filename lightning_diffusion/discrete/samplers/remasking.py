@@ -68,7 +68,7 @@ class MaskPredictSampler(DiscreteSampler):
         avoid_repeats: before the last step, a pick equal to its left neighbour's token ranks below every other
             pick (the less confident of the two is re-masked and predicted again with more context): the
             non-autoregressive "auf auf auf" failure, fixed at decoding time. Off by default.
-        grid_time: feed the denoiser the grid time ``t_k = 1 - k / K`` (the behaviour before 0.x); default False:
+        grid_time: feed the denoiser the grid time ``t_k = 1 - k / K``; default False:
             the time at which the model's training schedule masks the share the rule left masked
             (:func:`~lightning_diffusion.discrete.samplers.base.state_time`; the same when ``rule`` is the schedule).
     """

@@ -30,7 +30,7 @@ class ConfidenceThresholdSampler(DiscreteSampler):
     Args:
         steps: the most denoiser calls.
         threshold: confidence in ``(0, 1]`` above which a position is decided.
-        grid_time: feed the grid time ``t_k = 1 - k / K`` (the behaviour before 0.x) instead of the schedule time of
+        grid_time: feed the grid time ``t_k = 1 - k / K`` instead of the schedule time of
             the share still undecided (:func:`~lightning_diffusion.discrete.samplers.base.state_time`; this rule
             decides a data-dependent number of positions, so the grid time says little about the state).
     """
