@@ -113,7 +113,11 @@ def test_recipe_fit_then_validate(
 
 # The first training loss of a recipe made tiny (seeded run, tiny data): a change to the objective, the noising,
 # the timestep draw or the network's initialisation moves it. Pinned for the recipes whose objective others build on.
-PINNED_FIRST_LOSS = {"difformer/multi30k_en_de.yaml": 9.7160, "cdcd/multi30k_en_de.yaml": 6.4157}
+PINNED_FIRST_LOSS = {
+    "difformer/multi30k_en_de.yaml": 9.7160,
+    "cdcd/multi30k_en_de.yaml": 6.4157,
+    "discrete/multi30k_en_de.yaml": 6.6812,  # with glancing: the first pass decides how much of the target is seen
+}
 
 
 @pytest.mark.parametrize("key", sorted(PINNED_FIRST_LOSS))
