@@ -147,6 +147,37 @@ def test_length_groups_decode_what_one_canvas_decodes(tok: Any, batch: Any, monk
     assert many.nfe == one.nfe == 3
 
 
+def test_cross_attention_keys_are_projected_once_per_decoding(tok: Any, batch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While decoding, the encoder-decoder denoiser projects the source's cross-attention keys/values once per
+    conditioning tensor and reuses them at every step; the tokens are those of projecting at every step."""
+    import copy
+    import pickle
+
+    from lightning_diffusion.denoisers.layers import MultiHeadAttention
+
+    module = with_length(tok, length_beam=2)
+    module.eval()
+    calls: list[int] = []
+    real = MultiHeadAttention.project_kv
+
+    def counting(self: Any, context: torch.Tensor) -> Any:
+        calls.append(context.shape[0])
+        return real(self, context)
+
+    monkeypatch.setattr(MultiHeadAttention, "project_kv", counting)
+    memo = decode_batch(module, batch, seed=0)
+    with_memo = len(calls)
+    monkeypatch.setattr(type(module.denoiser), "_cross_keys_values", lambda self, cond: None)
+    calls.clear()
+    plain = decode_batch(module, batch, seed=0)
+    assert [r["hypothesis"] for r in memo.rows] == [r["hypothesis"] for r in plain.rows]
+    assert with_memo < len(calls)  # 3 steps: the plain run projects the source (and self-attention) at every call
+    module.train()
+    assert module.denoiser._cross_keys_values(module.denoiser.encode(batch.src_ids, batch.src_mask)) is None  # training untouched
+    assert copy.deepcopy(module.denoiser)._cross_memo is None
+    pickle.dumps(module.denoiser)  # the weak reference is not pickled
+
+
 def test_spindle_is_fitted_on_the_training_targets_and_checkpointed(tok: Any, tiny_datamodule: Any, tmp_path: Path) -> None:
     module = make(tok, schedule=SpindleMasking(0.3), vocab_size=tiny_datamodule.vocab_size)
     trainer = Trainer(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least
 from lightning_diffusion.denoisers.encoder_decoder import TransformerEncoder
-from lightning_diffusion.denoisers.layers import TransformerLayer
+from lightning_diffusion.denoisers.layers import KVCache, TransformerLayer
 from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
 from lightning_diffusion.types import Conditioning
 
@@ -51,6 +53,7 @@ class EncoderDecoderTokenDenoiser(TokenDenoiser):
             TransformerLayer(hidden_dim, num_heads, ffn_dim, dropout, cross_attention=True) for _ in range(decoder_layers)
         )
         self.output_norm = nn.LayerNorm(hidden_dim)
+        self._cross_memo: tuple[weakref.ref[Tensor], list[tuple[Tensor, Tensor]]] | None = None
 
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:
         """Run the encoder once: ``[B, S]`` -> hidden ``[B, S, H]``."""
@@ -65,9 +68,35 @@ class EncoderDecoderTokenDenoiser(TokenDenoiser):
         if time is not None:
             x = x + time[:, None]
         x = self.input_dropout(x)
-        for layer in self.layers:
-            x = layer(x, tgt_mask, cond.hidden, cond.mask)
+        cross = self._cross_keys_values(cond)
+        for i, layer in enumerate(self.layers):
+            cache = None
+            if cross is not None:  # a fresh cache per call: self-attention keys of this call only, cross reused
+                cache = KVCache()
+                cache.cross_k, cache.cross_v = cross[i]
+            x = layer(x, tgt_mask, cond.hidden, cond.mask, cache=cache)
         return self.output_norm(x)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = super().__getstate__()
+        state["_cross_memo"] = None  # a decoding-time memo (and a weak reference): never copied or pickled
+        return state
+
+    def _cross_keys_values(self, cond: Conditioning) -> list[tuple[Tensor, Tensor]] | None:
+        """Each layer's cross-attention keys/values of ``cond.hidden`` (``[B, S, heads, head_dim]`` each), projected
+        once and reused while the sampler passes the same conditioning tensor at every step; only when decoding
+        (eval mode, no gradient), so training is untouched. None = project in the layers as usual."""
+        if self.training or torch.is_grad_enabled():
+            return None
+        memo = self._cross_memo
+        if memo is not None and memo[0]() is cond.hidden:
+            return memo[1]
+        cross = []
+        for layer in self.layers:
+            assert layer.cross_attn is not None
+            cross.append(layer.cross_attn.project_kv(cond.hidden))
+        self._cross_memo = (weakref.ref(cond.hidden), cross)
+        return cross
 
 
 __all__ = ["EncoderDecoderTokenDenoiser"]
