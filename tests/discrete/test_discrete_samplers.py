@@ -163,24 +163,3 @@ def test_avoid_repeats_re_masks_a_repeat_so_it_is_predicted_again() -> None:
         out = sampler.sample(Contextual(torch.zeros(1, 3, dtype=torch.long)), LinearMasking(), AbsorbingCorruption(), cond, 3)
         assert out.token_ids.tolist() == [expected], avoid
     assert "repeats re-masked" in MaskPredictSampler(avoid_repeats=True).describe()
-
-
-def test_head_chunks_do_not_change_the_picks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``predict_positions`` applies the output head a few rows at a time; the picks and probabilities are those of
-    one pass over every needed row."""
-    import lightning_diffusion.discrete.samplers.base as base
-    from lightning_diffusion.discrete import EncoderDecoderTokenDenoiser
-
-    torch.manual_seed(0)
-    denoiser = EncoderDecoderTokenDenoiser(50, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32, dropout=0.0).eval()
-    src = torch.randint(0, 50, (3, 6))
-    cond = denoiser.encode(src, torch.ones(3, 6, dtype=torch.bool))
-    x_t = torch.full((3, 9), denoiser.mask_id)
-    need = torch.rand(3, 9, generator=torch.Generator().manual_seed(1)) < 0.7
-    with torch.no_grad():
-        monkeypatch.setattr(base, "HEAD_CHUNK_ROWS", 10**6)
-        one_ids, one_probs = base.predict_positions(denoiser, x_t, torch.ones(3), cond, None, need, 0.0)
-        monkeypatch.setattr(base, "HEAD_CHUNK_ROWS", 4)
-        ids, probs = base.predict_positions(denoiser, x_t, torch.ones(3), cond, None, need, 0.0)
-    assert torch.equal(ids, one_ids) and torch.allclose(probs, one_probs)
-    assert bool((probs[need] > 0).all()) and bool((probs[~need] == 0).all())
