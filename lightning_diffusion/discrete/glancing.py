@@ -28,7 +28,8 @@ class Glancing:
     """
 
     def __init__(self, ratio: float = 0.5, final_ratio: float | None = None, anneal_steps: int = 0, probability: float = 1.0) -> None:
-        for name, value in (("ratio", ratio), ("probability", probability)) + ((("final_ratio", final_ratio),) if final_ratio is not None else ()):
+        shares = {"ratio": ratio, "probability": probability, "final_ratio": ratio if final_ratio is None else final_ratio}
+        for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"Glancing: {name} must be in [0, 1], got {value}")
         if anneal_steps < 0 or (final_ratio is not None and anneal_steps == 0):
