@@ -73,6 +73,19 @@ class TransformerSeq2Seq(nn.Module):
     def _project(self, x: Tensor) -> Tensor:
         return self.output_proj(self.norm(x))
 
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """The output head: decoder states ``[..., H]`` (before the final norm) -> next-token logits ``[..., V]``."""
+        return self._project(hidden)
+
+    def hidden_states(self, prev_ids: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
+        """Teacher forcing up to the output head: ``prev_ids`` ``[B, L]`` -> decoder states ``[B, L, H]`` that
+        :meth:`output_logits` reads (training applies the head to the real target positions only)."""
+        positions = torch.arange(prev_ids.shape[1], device=prev_ids.device)
+        x = self._embed(prev_ids, positions)
+        for layer in self.layers:
+            x = layer(x, tgt_mask, cond.hidden, cond.mask, causal=True)
+        return x
+
     def forward(self, prev_ids: Tensor, cond: Conditioning, tgt_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: decoder inputs ``prev_ids`` ``[B, L]`` (BOS + target tokens shifted right) ->
         next-token logits ``[B, L, V]``; position ``i`` sees ``prev_ids[:, :i + 1]`` and the whole source.
@@ -80,11 +93,7 @@ class TransformerSeq2Seq(nn.Module):
         ``tgt_mask`` ``[B, L]`` (True = real) is optional: with right padding, causal attention never lets a
         real position see a padded one, so it changes only the (ignored) outputs at padded positions.
         """
-        positions = torch.arange(prev_ids.shape[1], device=prev_ids.device)
-        x = self._embed(prev_ids, positions)
-        for layer in self.layers:
-            x = layer(x, tgt_mask, cond.hidden, cond.mask, causal=True)
-        return self._project(x)
+        return self.output_logits(self.hidden_states(prev_ids, cond, tgt_mask))
 
     def init_cache(self, cond: Conditioning, repeat: int = 1) -> list[KVCache]:
         """A fresh cache per decoder layer for decoding ``cond``'s ``B`` sources, each ``repeat`` times (beams).

@@ -102,16 +102,16 @@ class AutoregressiveLM(Seq2SeqModule):
         bos = torch.full_like(target[:, :1], self.special_ids.bos)
         prev_ids = torch.cat([bos, target[:, :-1]], dim=1)
         cond = self.network.encode(batch.src_ids, batch.src_mask)
-        logits = self.network(prev_ids, cond)
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        nll = -log_probs.gather(-1, target[..., None]).squeeze(-1)  # [B, L]
-        smooth = -log_probs.mean(-1)  # [B, L] cross-entropy against the uniform distribution
-        per_token = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
-        weights = mask.to(per_token.dtype)
-        count = weights.sum().clamp_min(1.0)
-        loss = (per_token * weights).sum() / count
-        nll_mean = (nll.detach() * weights).sum() / count
-        return loss, {"nll": nll_mean}, nll.detach(), mask
+        hidden = self.network.hidden_states(prev_ids, cond)  # [B, L, H]
+        # The head and softmax at the real target positions only (padding is scored by nothing).
+        log_probs = F.log_softmax(self.network.output_logits(hidden[mask]).float(), dim=-1)  # [N, V]
+        nll_rows = -log_probs.gather(-1, target[mask][:, None]).squeeze(-1)  # [N]
+        smooth_rows = -log_probs.mean(-1)  # [N] cross-entropy against the uniform distribution
+        per_token = (1.0 - self.label_smoothing) * nll_rows + self.label_smoothing * smooth_rows
+        count = max(per_token.numel(), 1)
+        loss = per_token.sum() / count
+        nll = nll_rows.detach().new_zeros(mask.shape).masked_scatter(mask, nll_rows.detach())  # [B, L], 0 at padding
+        return loss, {"nll": nll_rows.detach().sum() / count}, nll, mask
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, terms, _, _ = self.compute_losses(batch)

@@ -271,11 +271,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         if self.training and self.glancing is not None:
             x_t, t = self._glance(target, x_t, t, cond, attention_mask, loss_mask)
             alpha_t = self.schedule.alpha(t, target).expand_as(target)
-        logits = self.denoiser(x_t, t, cond, attention_mask)
         inputs = DiscreteLossInputs(
             x0=target,
             x_t=x_t,
-            logits=logits,
+            hidden=self.denoiser.hidden_states(x_t, t, cond, attention_mask),
+            head=self.denoiser.output_logits,
             mask=loss_mask,
             t=t,
             alpha_t=alpha_t,
@@ -289,7 +289,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)
         if self.unroll_steps > 1:
-            per_term["unrolled"] = self._unrolled(logits, x_t, target, loss_mask, t, cond, attention_mask)
+            per_term["unrolled"] = self._unrolled(inputs, cond, attention_mask)
             per_example = per_example + self.unroll_weight * per_term["unrolled"]
         loss = per_example.mean()
         return loss, {name: value.mean() for name, value in per_term.items()}
@@ -305,9 +305,10 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         prior = self.corruption.prior(tuple(target.shape), self.vocab_size, target.device)
         if attention_mask is not None:
             prior = torch.where(attention_mask, prior, target)
-        with torch.no_grad():
-            picks = self.denoiser(prior, torch.ones(b, device=target.device), cond, attention_mask).argmax(-1)
         scored = loss_mask.bool()
+        with torch.no_grad():  # the head at the scored positions only (a length model's padding needs no pick)
+            hidden = self.denoiser.hidden_states(prior, torch.ones(b, device=target.device), cond, attention_mask)
+            picks = target.masked_scatter(scored, self.denoiser.output_logits(hidden[scored]).argmax(-1))
         keep = self.glancing.revealed(picks, target, scored, self.global_step)
         clean_share = keep.sum(-1).float() / scored.sum(-1).clamp_min(1).float()
         glanced_t = self.schedule.time_at(clean_share).clamp(self.time_epsilon, 1.0)
@@ -315,21 +316,20 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         x_t = torch.where(rows[:, None], torch.where(keep, target, prior), x_t)
         return x_t, torch.where(rows, glanced_t, t)
 
-    def _unrolled(
-        self, logits: Tensor, x_t: Tensor, target: Tensor, loss_mask: Tensor, t: Tensor, cond: object, attention_mask: Tensor | None
-    ) -> Tensor:
+    def _unrolled(self, inputs: DiscreteLossInputs, cond: Conditioning, attention_mask: Tensor | None) -> Tensor:
         """SUNDAE's unrolled term: fill the corrupted positions with the model's own samples (no gradient through
-        the draw), denoise again ``unroll_steps - 1`` times, cross-entropy of the last pass. Per example ``[B]``."""
-        x = x_t
-        corrupted = x_t != target
+        the draw), denoise again ``unroll_steps - 1`` times, cross-entropy of the last pass over the loss positions.
+        Per example ``[B]``."""
+        corrupted = inputs.corrupted
+        rows = inputs.corrupted_logits  # [N, V]
         for _ in range(self.unroll_steps - 1):
             with torch.no_grad():
-                probs = F.softmax(logits.detach().float(), dim=-1)
-                draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(x.shape)
-            x = torch.where(corrupted, draws, x_t)
-            logits = self.denoiser(x, t, cond, attention_mask)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
-        return masked_mean(nll, loss_mask)
+                draws = torch.multinomial(F.softmax(rows.detach().float(), dim=-1), 1).squeeze(-1)
+            x = inputs.x_t.masked_scatter(corrupted, draws)
+            logits = self.denoiser(x, inputs.t, cond, attention_mask)
+            rows = logits[corrupted]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), inputs.x0, reduction="none")
+        return masked_mean(nll, inputs.mask)
 
     def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
         loss, terms = self.compute_losses(batch)

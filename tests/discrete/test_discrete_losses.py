@@ -29,7 +29,8 @@ def inputs(x_t: list[int], t: float, corruption=None, logits: torch.Tensor = LOG
     return DiscreteLossInputs(
         x0=x0,
         x_t=torch.tensor([x_t]),
-        logits=logits,
+        hidden=logits,
+        head=lambda hidden: hidden,  # the "hidden states" are the logits here
         mask=torch.ones(1, 2, dtype=torch.bool),
         t=tt,
         alpha_t=schedule.alpha(tt).expand(1, 2),
@@ -71,3 +72,45 @@ def test_d3pm_hybrid_first_step_is_the_decoder_nll_and_perfect_prediction_is_fre
         assert term(inputs([V if corruption.has_mask else 2, 1], 0.5, corruption, sure)).item() == pytest.approx(0.0, abs=1e-4)
     # A wrong prediction costs a positive KL.
     assert term(inputs([V, 1], 0.5, logits=-LOGITS)).item() > 0.1
+
+
+class CountingHead:
+    """An identity output head that records how many rows it was asked for."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.rows += hidden.reshape(-1, hidden.shape[-1]).shape[0]
+        return hidden
+
+
+@pytest.mark.parametrize("term", [ReweightedCrossEntropy(floor=0.5), MaskedDiffusionELBO(label_smoothing=0.1)])
+def test_terms_on_corrupted_positions_run_the_head_there_only(term) -> None:
+    # 2 x 5 positions, 4 of them masked: the head sees 4 rows, and the loss equals the one on full logits.
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, V, requires_grad=True)
+    x0 = torch.tensor([[0, 1, 2, 0, 1], [2, 2, 1, 0, 0]])
+    x_t = torch.tensor([[V, 1, 2, V, 1], [2, V, 1, 0, V]])
+    schedule = LinearMasking()
+    t = torch.tensor([0.4, 0.6])
+    head = CountingHead()
+    fields = dict(
+        x0=x0,
+        x_t=x_t,
+        mask=torch.ones(2, 5, dtype=torch.bool),
+        t=t,
+        alpha_t=schedule.alpha(t).expand(2, 5),
+        rate_t=schedule.rate(t).expand(2, 5),
+        alpha_at=lambda s: schedule.alpha(s).expand(2, 5),
+        corruption=AbsorbingCorruption(),
+        mask_id=V,
+    )
+    sparse = term(DiscreteLossInputs(hidden=hidden, head=head, **fields))
+    assert head.rows == 4
+    full_inputs = DiscreteLossInputs(hidden=hidden, head=lambda h: h, **fields)
+    full_inputs.logits  # computed for every position first: the corrupted rows are then taken from it
+    full = term(full_inputs)
+    assert torch.allclose(sparse, full)
+    (grad,) = torch.autograd.grad(sparse.sum(), hidden)
+    assert grad[x_t != V].abs().sum() == 0 and grad[x_t == V].abs().sum() > 0  # clean positions get no gradient

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import Tensor
 
@@ -16,10 +17,16 @@ from lightning_diffusion.losses import LossTerm
 class DiscreteLossInputs:
     """Everything a discrete loss term may look at for one training batch.
 
+    The denoiser's prediction arrives as its last hidden states and its output head, so that a term that scores
+    the corrupted positions only (:attr:`corrupted_logits`, ``[N, V]``) never pays for the ``[B, L, V]`` head and
+    softmax at the clean ones (with the cosine schedule ~64% of the positions; the head is most of a small model's
+    training step). Terms that need every position read :attr:`logits`.
+
     Attributes:
         x0: ``[B, L]`` long, the clean target (canvas) ids.
         x_t: ``[B, L]`` long, the corrupted ids (``mask_id`` = ``V`` where masked).
-        logits: ``[B, L, V]`` the denoiser's prediction of ``x0`` from ``x_t``.
+        hidden: ``[B, L, H]`` the denoiser's states for ``x_t`` (what its output head reads).
+        head: ``[..., H] -> [..., V]``, the denoiser's output head (logits of ``x0``).
         mask: ``[B, L]`` bool, positions that count in the loss.
         t: ``[B]`` float, the sampled times in ``(0, 1]``.
         alpha_t: ``[B, L]`` the schedule's ``alpha(t)`` per position.
@@ -32,7 +39,8 @@ class DiscreteLossInputs:
 
     x0: Tensor
     x_t: Tensor
-    logits: Tensor
+    hidden: Tensor
+    head: Callable[[Tensor], Tensor]
     mask: Tensor
     t: Tensor
     alpha_t: Tensor
@@ -43,10 +51,27 @@ class DiscreteLossInputs:
     length_logits: Tensor | None = None
     length_targets: Tensor | None = None
 
-    @property
+    @cached_property
     def corrupted(self) -> Tensor:
         """``[B, L]`` bool: loss positions whose token was masked or replaced (``x_t != x0``)."""
         return (self.x_t != self.x0) & self.mask
+
+    @cached_property
+    def logits(self) -> Tensor:
+        """``[B, L, V]``: the denoiser's logits of ``x0`` at every position (computed on first use)."""
+        return self.head(self.hidden)
+
+    @cached_property
+    def corrupted_logits(self) -> Tensor:
+        """``[N, V]``: the logits at the :attr:`corrupted` positions only, in row-major order (``N`` of them; the
+        order of ``x0[corrupted]``)."""
+        if "logits" in self.__dict__:  # already computed for every position
+            return self.logits[self.corrupted]
+        return self.head(self.hidden[self.corrupted])
+
+    def scatter(self, rows: Tensor) -> Tensor:
+        """Per-position values ``[B, L]`` from per-corrupted-row values ``[N]`` (0 at the other positions)."""
+        return rows.new_zeros(self.corrupted.shape).masked_scatter(self.corrupted, rows)
 
 
 class DiscreteLossTerm(LossTerm):

@@ -26,11 +26,12 @@ class MaskedDiffusionELBO(DiscreteLossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, inputs: DiscreteLossInputs) -> Tensor:
-        nll = F.cross_entropy(
-            inputs.logits.float().transpose(1, 2), inputs.x0, reduction="none", label_smoothing=self.label_smoothing
-        )  # [B, L]
-        masked = ((inputs.x_t == inputs.mask_id) & inputs.mask).to(nll.dtype)
-        return (inputs.rate_t * nll * masked).sum(-1) / inputs.mask.to(nll.dtype).sum(-1).clamp_min(1.0)
+        # Absorbing corruption (``needs_mask_state``): the corrupted positions are exactly the [MASK]ed ones.
+        rows = F.cross_entropy(
+            inputs.corrupted_logits.float(), inputs.x0[inputs.corrupted], reduction="none", label_smoothing=self.label_smoothing
+        )
+        nll = inputs.scatter(rows)  # [B, L], 0 where unmasked (carried over: no loss)
+        return (inputs.rate_t * nll).sum(-1) / inputs.mask.to(nll.dtype).sum(-1).clamp_min(1.0)
 
 
 __all__ = ["MaskedDiffusionELBO"]

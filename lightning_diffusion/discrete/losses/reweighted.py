@@ -38,11 +38,12 @@ class ReweightedCrossEntropy(DiscreteLossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, inputs: DiscreteLossInputs) -> Tensor:
-        nll = F.cross_entropy(
-            inputs.logits.float().transpose(1, 2), inputs.x0, reduction="none", label_smoothing=self.label_smoothing
-        )
-        lam = 1.0 - (1.0 - self.floor) * inputs.t.to(nll.dtype)
         noisy = inputs.corrupted
+        rows = F.cross_entropy(  # only the noisy positions count: the head runs on those rows alone
+            inputs.corrupted_logits.float(), inputs.x0[noisy], reduction="none", label_smoothing=self.label_smoothing
+        )
+        nll = inputs.scatter(rows)  # [B, L]
+        lam = 1.0 - (1.0 - self.floor) * inputs.t.to(nll.dtype)
         if self.token_mean:
             # Per example: its summed loss over the batch's mean noisy-token count, so that the batch mean of these
             # values is the token-level mean sum(lambda * nll) / sum(noisy).
