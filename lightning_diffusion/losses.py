@@ -39,6 +39,22 @@ class LossTerm(nn.Module, ABC):
         return f"name={self.name!r}, weight={self.weight}"
 
 
+def rounding_nll(inputs: LossInputs, latents: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """``-log p(y | latents)`` under the tied head, averaged over each example's loss positions ``[B]``; the head
+    and softmax run on the ``N`` loss positions alone (``[N, V]``, not ``[B, L, V]``: padding costs nothing).
+
+    Args:
+        latents: ``[B, L, D]`` what the head decodes (``z0`` for the rounding term, ``x0_hat`` for the anchor).
+    """
+    rows = F.cross_entropy(
+        inputs.logits(latents[inputs.mask]).float(),
+        inputs.target_ids[inputs.mask],
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )  # [N]
+    return masked_mean(rows.new_zeros(inputs.mask.shape).masked_scatter(inputs.mask, rows), inputs.mask)
+
+
 class X0MSE(LossTerm):
     """``||x0_hat - z0||^2`` (mean over the latent width), averaged over target loss positions only
     (DiffuSeq eq. 5's ``L_VLB`` simplification, without diluting it over the source)."""
@@ -56,9 +72,7 @@ class RoundingNLL(LossTerm):
     default_name = "rounding"
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        logits = inputs.logits(inputs.z0)
-        nll = F.cross_entropy(logits.transpose(1, 2), inputs.target_ids, reduction="none")
-        return masked_mean(nll, inputs.mask)
+        return rounding_nll(inputs, inputs.z0)
 
 
 class AnchorNLL(LossTerm):
@@ -72,11 +86,7 @@ class AnchorNLL(LossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        logits = inputs.logits(inputs.x0_hat)
-        nll = F.cross_entropy(
-            logits.transpose(1, 2), inputs.target_ids, reduction="none", label_smoothing=self.label_smoothing
-        )
-        return masked_mean(nll, inputs.mask)
+        return rounding_nll(inputs, inputs.x0_hat, self.label_smoothing)
 
 
 class ScoreInterpolationCE(LossTerm):

@@ -132,7 +132,8 @@ class LossInputs:
         mask: ``[B, L]`` bool, positions that count in the loss.
         t: ``[B]`` long, the sampled timesteps (1..T).
         alpha_bar_final: ``[B, L]`` the schedule's signal level at the last step ``T``.
-        logits: maps latents ``[B, L, D]`` to vocabulary logits ``[B, L, V]`` (the tied rounding head).
+        logits: maps latents ``[..., D]`` to vocabulary logits ``[..., V]`` (the tied rounding head; loss terms call it
+            on the ``[N, D]`` loss positions only).
         length_logits: ``[B, C]`` length-offset logits when the model has a length predictor, else None.
         length_targets: ``[B]`` long, the true offset classes, with ``length_logits``.
         alpha_bar_t: ``[B, L]`` the signal level ``abar_t`` at each example's sampled step (e.g. for SNR

@@ -116,7 +116,7 @@ def test_recipe_fit_then_validate(
 PINNED_FIRST_LOSS = {
     "difformer/multi30k_en_de.yaml": 9.7160,
     "cdcd/multi30k_en_de.yaml": 6.4157,
-    "discrete/multi30k_en_de.yaml": 6.6812,  # with glancing: the first pass decides how much of the target is seen
+    "discrete/multi30k_en_de.yaml": 6.6774,  # with glancing (the first pass decides how much of the target is seen), no label smoothing
 }
 
 

@@ -80,7 +80,7 @@ class Denoiser(nn.Module, ABC):
         return self._normalize(self.word_embedding.weight)
 
     def logits(self, z: Tensor) -> Tensor:
-        """Tied rounding head: latents ``[B, L, D]`` -> ``[B, L, V]`` as ``z . E_w``."""
+        """Tied rounding head: latents ``[..., D]`` -> ``[..., V]`` as ``z . E_w``."""
         return F.linear(z, self.embedding_table())
 
     @abstractmethod

@@ -17,7 +17,7 @@ from lightning_diffusion.discrete import (
     TokenDenoiser,
     UniformCorruption,
 )
-from lightning_diffusion.discrete.samplers import decided_counts
+from lightning_diffusion.discrete.samplers import decided_counts, token_choice
 from lightning_diffusion.types import Conditioning
 
 V = 11
@@ -163,3 +163,18 @@ def test_avoid_repeats_re_masks_a_repeat_so_it_is_predicted_again() -> None:
         out = sampler.sample(Contextual(torch.zeros(1, 3, dtype=torch.long)), LinearMasking(), AbsorbingCorruption(), cond, 3)
         assert out.token_ids.tolist() == [expected], avoid
     assert "repeats re-masked" in MaskPredictSampler(avoid_repeats=True).describe()
+
+
+def test_token_choice_in_place_equals_the_kept_softmax() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 50) * 4
+    ids, probs = token_choice(logits, 0.0)
+    expected = torch.softmax(logits, -1).max(-1)
+    assert torch.equal(ids, expected.indices) and torch.allclose(probs, expected.values, atol=1e-6)
+    consumed = logits.clone()
+    ids_c, probs_c = token_choice(consumed, 0.0, consume=True)
+    assert torch.equal(ids_c, ids) and torch.allclose(probs_c, probs, atol=1e-6)
+    assert not torch.equal(consumed, logits)  # the caller's tensor was used as scratch, as documented
+    kept = logits.clone()
+    token_choice(kept, 0.0)
+    assert torch.equal(kept, logits)  # without consume the input is left alone
