@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_diffusion.types import LossInputs, masked_mean
+from lightning_diffusion.types import LossInputs, masked_mean, scatter_rows
 
 
 class LossTerm(nn.Module, ABC):
@@ -52,7 +52,7 @@ def rounding_nll(inputs: LossInputs, latents: Tensor, label_smoothing: float = 0
         reduction="none",
         label_smoothing=label_smoothing,
     )  # [N]
-    return masked_mean(rows.new_zeros(inputs.mask.shape).masked_scatter(inputs.mask, rows), inputs.mask)
+    return masked_mean(scatter_rows(rows, inputs.mask), inputs.mask)
 
 
 class X0MSE(LossTerm):

@@ -179,4 +179,10 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
 
 
-__all__ = ["Conditioning", "LossInputs", "SampleOutput", "Seq2SeqBatch", "masked_mean"]
+def scatter_rows(rows: Tensor, positions: Tensor) -> Tensor:
+    """Per-position values ``[B, L]`` from values ``[N]`` of the ``N`` True ``positions`` ``[B, L]`` in row-major
+    order (the order of ``x[positions]``), 0 elsewhere: losses computed on selected rows only, put back in place."""
+    return rows.new_zeros(positions.shape).masked_scatter(positions, rows)
+
+
+__all__ = ["Conditioning", "LossInputs", "SampleOutput", "Seq2SeqBatch", "masked_mean", "scatter_rows"]

@@ -14,7 +14,7 @@ from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
 from lightning_diffusion.autoregressive.search import GreedySearch, Search
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
-from lightning_diffusion.types import Seq2SeqBatch
+from lightning_diffusion.types import Seq2SeqBatch, scatter_rows
 
 _INJECTED = ["network", "search", "optimizer", "lr_scheduler"]
 
@@ -110,7 +110,7 @@ class AutoregressiveLM(Seq2SeqModule):
         per_token = (1.0 - self.label_smoothing) * nll_rows + self.label_smoothing * smooth_rows
         count = max(per_token.numel(), 1)
         loss = per_token.sum() / count
-        nll = nll_rows.detach().new_zeros(mask.shape).masked_scatter(mask, nll_rows.detach())  # [B, L], 0 at padding
+        nll = scatter_rows(nll_rows.detach(), mask)  # [B, L], 0 at padding
         return loss, {"nll": nll_rows.detach().sum() / count}, nll, mask
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_diffusion.discrete.corruption.base import Corruption
 from lightning_diffusion.losses import LossTerm
+from lightning_diffusion.types import scatter_rows
 
 
 @dataclass
@@ -71,7 +72,7 @@ class DiscreteLossInputs:
 
     def scatter(self, rows: Tensor) -> Tensor:
         """Per-position values ``[B, L]`` from per-corrupted-row values ``[N]`` (0 at the other positions)."""
-        return rows.new_zeros(self.corrupted.shape).masked_scatter(self.corrupted, rows)
+        return scatter_rows(rows, self.corrupted)
 
 
 class DiscreteLossTerm(LossTerm):
