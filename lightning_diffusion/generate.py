@@ -34,6 +34,7 @@ from lightning_diffusion.decoding import Decoding, DecodingError, carry_over_sam
 from lightning_diffusion.guidance import ClassifierFreeGuidance
 from lightning_diffusion.pretrained import CONFIG_FILE, CheckpointError, load_pretrained
 from lightning_diffusion.samplers.chain import ChainSampler
+from lightning_diffusion.selection import CandidateSelection
 from lightning_diffusion.seq2seq import Seq2SeqModule
 
 DEFAULT_MAX_SRC_LEN = 128  # Seq2SeqDataModule's default, when the run's data settings cannot be found
@@ -66,6 +67,7 @@ def decoding_from_flags(
     noise_beam: int | None = None,
     collapse_repeats: bool | None = None,
     guidance: float | None = None,
+    selection: CandidateSelection | None = None,
 ) -> tuple[Decoding, list[str]]:
     """The model's own :class:`Decoding` with the flags applied by ``replace`` (the model is not changed).
     ``guidance`` is a classifier-free guidance scale ``w`` (:class:`ClassifierFreeGuidance`).
@@ -81,6 +83,7 @@ def decoding_from_flags(
     """
     given = {
         "--steps": steps, "--sampler": sampler, "--length_beam": length_beam, "--noise_beam": noise_beam, "--guidance": guidance,
+        "--selection": selection,
     }  # fmt: skip
     for flag in ("--steps", "--length_beam", "--noise_beam"):
         if given[flag] is not None and given[flag] < 1:  # type: ignore[operator]
@@ -112,6 +115,8 @@ def decoding_from_flags(
         changes["length_beam"] = length_beam
     if noise_beam is not None:
         changes["noise_beam"] = noise_beam
+    if selection is not None:
+        changes["selection"] = selection
     if guidance is not None:
         try:
             changes["guidance"] = ClassifierFreeGuidance(guidance)
@@ -265,6 +270,7 @@ def generate(
     output: str | None = None,
     collapse_repeats: bool | None = None,
     guidance: float | None = None,
+    selection: CandidateSelection | None = None,
 ) -> None:
     """Translate or summarize text with a trained model: hypotheses on stdout (one line per input line, input order).
 
@@ -296,6 +302,9 @@ def generate(
         guidance: classifier-free guidance scale ``w`` (needs a model trained with ``model.condition_dropout > 0``;
             ``w = 1`` is plain conditional decoding, ``w > 1`` follows the source more strongly; each step then runs a
             conditional and an unconditional branch, counted twice in the NFE). Default: the model's (none).
+        selection: how one of a source's candidates is picked, by name or class path: ``MBRSelection`` (consensus),
+            ``FirstCandidate``, ``ModelScoreSelection`` (the model's mean token log-probability; mask-predict's
+            length-beam rule, discrete re-masking samplers). Default: the model's (MBR).
     """
     try:
         _run(
@@ -314,6 +323,7 @@ def generate(
             output,
             collapse_repeats,
             guidance,
+            selection,
         )
     except (GenerateError, TokenizerError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -339,6 +349,7 @@ def _run(
     output: str | None,
     collapse_repeats: bool | None = None,
     guidance: float | None = None,
+    selection: CandidateSelection | None = None,
 ) -> None:
     for flag, value in (("--batch_size", batch_size), ("--max_src_len", max_src_len)):
         if value is not None and value < 1:
@@ -347,7 +358,9 @@ def _run(
     if not Path(model).exists():
         raise CheckpointError(f"{model}: no such export directory or checkpoint file")
     module = load_pretrained(model, tokenizer, map_location=resolved)
-    decoding, notes = decoding_from_flags(module, steps, sampler, length_beam, noise_beam, collapse_repeats, guidance)
+    decoding, notes = decoding_from_flags(
+        module, steps, sampler, length_beam, noise_beam, collapse_repeats, guidance, selection
+    )
     seed = module.decode_seed if seed is None else seed
     max_src_len = trained_max_src_len(model) if max_src_len is None else max_src_len
     step_note = f", trained {module.checkpoint_step} steps" if module.checkpoint_step is not None else ""

@@ -175,6 +175,11 @@ class DiffusionLM(Seq2SeqModule):
                 f"decoding: {type(self).__name__} samples a diffusion chain and needs a sampler, got "
                 f"{decoding.search.describe() if decoding.search is not None else 'none'}"
             )
+        if decoding.selection.needs_scores and decoding.candidates > 1:
+            raise DecodingError(
+                f"decoding: {decoding.selection.describe()} ranks candidates by token scores, which the continuous "
+                f"samplers do not give ({decoding.sampler.describe()}): use MBRSelection or FirstCandidate"
+            )
         if decoding.length_beam > 1 and self.length_predictor is None:
             raise DecodingError(
                 f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor (Difformer-style); "

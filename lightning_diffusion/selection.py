@@ -6,6 +6,7 @@ and ``generate``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -30,11 +31,22 @@ def mbr_select(candidates: Sequence[str]) -> int:
 
 
 class CandidateSelection(ABC):
-    """Rule that picks one of the ``N`` candidate strings of a source (``N >= 1``)."""
+    """Rule that picks one of the ``N`` candidate strings of a source (``N >= 1``).
+
+    A rule that ranks by the model's own scores of its candidates sets :attr:`needs_scores` and overrides
+    :meth:`choose`; the others implement :meth:`select` on the strings alone."""
+
+    #: True when the rule needs the sampler's score of every candidate (see :meth:`choose`).
+    needs_scores: bool = False
 
     @abstractmethod
     def select(self, candidates: Sequence[str]) -> int:
         """Index in ``0..N-1`` of the chosen candidate."""
+
+    def choose(self, candidates: Sequence[str], scores: Sequence[float] | None = None) -> int:
+        """Index of the chosen candidate given the strings and, where the sampler gives them, the model's score
+        of each (higher is better; ``len(scores) == N``). Default: :meth:`select` on the strings."""
+        return self.select(candidates)
 
     def describe(self) -> str:
         """The rule in words, printed with the decoding settings."""
@@ -69,4 +81,35 @@ class FirstCandidate(CandidateSelection):
         return "first candidate"
 
 
-__all__ = ["CandidateSelection", "FirstCandidate", "MBRSelection", "mbr_select"]
+class ModelScoreSelection(CandidateSelection):
+    """The candidate the model scores highest: the mean log-probability of its tokens, each taken from the
+    prediction that decided it (mask-predict's length-beam rule, Ghazvininejad et al. 2019, Sec. 3.2:
+    ``argmax_l (1 / N_l) sum_i log p(y_i^l)``). Needs a sampler that scores its tokens
+    (``DiscreteSampler.scores_tokens``: mask-predict / re-masking and the confidence-threshold sampler). Ties go
+    to the earliest candidate (the most likely length)."""
+
+    needs_scores = True
+
+    def select(self, candidates: Sequence[str]) -> int:
+        raise ValueError(
+            "ModelScoreSelection ranks candidates by the model's scores, not by their strings: call choose(candidates, "
+            "scores) with a sampler that scores its tokens"
+        )
+
+    def choose(self, candidates: Sequence[str], scores: Sequence[float] | None = None) -> int:
+        if not candidates:
+            raise ValueError("ModelScoreSelection needs at least one candidate")
+        if scores is None or len(scores) != len(candidates):
+            got = "no scores" if scores is None else f"{len(scores)} scores"
+            raise ValueError(f"ModelScoreSelection needs one model score per candidate: {len(candidates)} candidates, {got}")
+        best, best_score = 0, -math.inf
+        for i, score in enumerate(scores):
+            if score > best_score:
+                best, best_score = i, score
+        return best
+
+    def describe(self) -> str:
+        return "the model's mean token log-probability"
+
+
+__all__ = ["CandidateSelection", "FirstCandidate", "MBRSelection", "ModelScoreSelection", "mbr_select"]

@@ -150,6 +150,8 @@ def test_benchmark_overrides_build_a_decoding(trained: Any) -> None:
         decoding_for(module, {"beam_size": 2})
     with pytest.raises(DecodingError, match="sampler"):
         decoding_for(module, {"search": {"class_path": "lightning_diffusion.autoregressive.GreedySearch"}})
+    with pytest.raises(DecodingError, match="continuous samplers do not give"):
+        decoding_for(module, {"noise_beam": 2, "selection": {"class_path": "lightning_diffusion.selection.ModelScoreSelection"}})
 
 
 def test_evaluation_batches_are_sized_by_candidates(trained: Any) -> None:

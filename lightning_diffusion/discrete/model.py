@@ -198,6 +198,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             )
         if sampler.needs_absorbing and not self.corruption.absorbing:
             raise DecodingError(f"decoding: {type(sampler).__name__} needs absorbing corruption; this model uses {self.corruption.describe()}")
+        if decoding.selection.needs_scores and not sampler.scores_tokens and decoding.candidates > 1:
+            raise DecodingError(
+                f"decoding: {decoding.selection.describe()} ranks candidates by the sampler's token scores; "
+                f"{type(sampler).__name__} gives none (MaskPredictSampler and ConfidenceThresholdSampler do)"
+            )
         if decoding.length_beam > 1 and self.length_predictor is None:
             raise DecodingError(
                 f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor; this model "
@@ -359,10 +364,10 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         cond = cond.repeat_interleave(layout.per_source)
         if layout.tgt_mask is None:
             out = sampler.sample(denoiser, self.schedule, self.corruption, cond, layout.length, None, generator, on_step)
-            token_ids, nfe = out.token_ids, out.nfe
+            token_ids, nfe, scores = out.token_ids, out.nfe, out.scores
         else:
-            token_ids, nfe = self._sample_by_length(sampler, denoiser, cond, layout.tgt_mask, generator, on_step)
-        texts = choose_candidates(self, token_ids, layout, decoding)
+            token_ids, nfe, scores = self._sample_by_length(sampler, denoiser, cond, layout.tgt_mask, generator, on_step)
+        texts = choose_candidates(self, token_ids, layout, decoding, scores)
         return Generation(texts=texts, nfe=nfe * decoding.calls_per_step, candidates=layout.per_source)
 
     def _sample_by_length(
@@ -373,14 +378,16 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         tgt_mask: Tensor,
         generator: torch.Generator | None,
         on_step: Callable[[int, int], None] | None,
-    ) -> tuple[Tensor, int]:
+    ) -> tuple[Tensor, int, Tensor | None]:
         """Decode candidates with predicted lengths (``tgt_mask`` ``[N, L]``) in groups of similar length
         (:func:`~lightning_diffusion.candidates.length_groups`), each on a canvas as long as its longest row, so a
         short candidate does not carry the batch's longest canvas through every step (every row is decoded on its
-        own positions either way). Returns the ids ``[N, L]`` (0 past each length) and the most calls a group made."""
+        own positions either way). Returns the ids ``[N, L]`` (0 past each length), the most calls a group made and
+        the candidates' scores ``[N]`` (None when the sampler gives none)."""
         lengths = tgt_mask.sum(-1)
         groups = length_groups(lengths)
         token_ids = torch.zeros(tgt_mask.shape, dtype=torch.long, device=tgt_mask.device)
+        scores: Tensor | None = torch.zeros(tgt_mask.shape[0], device=tgt_mask.device) if sampler.scores_tokens else None
         nfe = 0
         for g, rows in enumerate(groups):
             length = int(lengths[rows].max())
@@ -389,8 +396,10 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 denoiser, self.schedule, self.corruption, cond.select(rows), length, tgt_mask[rows, :length], generator, step
             )  # fmt: skip
             token_ids[rows, :length] = out.token_ids
+            if scores is not None and out.scores is not None:
+                scores[rows] = out.scores
             nfe = max(nfe, out.nfe)
-        return token_ids, nfe
+        return token_ids, nfe, scores
 
 
 __all__ = ["DiscreteDiffusionLM", "stratified_times"]

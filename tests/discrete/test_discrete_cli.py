@@ -42,6 +42,18 @@ def test_generate_takes_discrete_sampler_flags(exported: Path, capsys: pytest.Ca
     assert "discrete sampler" in message and "Traceback" not in message
 
 
+def test_generate_takes_a_selection_flag(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    main(["generate", str(exported), "--text+=I felt cheated.", "--noise_beam", "2", "--selection", "ModelScoreSelection"])
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 1
+    assert "the model's mean token log-probability over the 6 candidates" in out.err  # length beam 3 x noise beam 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(exported), "--text+=Hi.", "--noise_beam", "2", "--selection", "ModelScoreSelection", "--sampler", "TauLeapingSampler"])
+    message = f"{exit_info.value.code} {capsys.readouterr().err}"
+    assert "TauLeapingSampler gives none" in message and "Traceback" not in message
+
+
 def test_probe_cli_runs_the_masking_probe(exported: Path, tiny_data: TinyData, tmp_path: Path) -> None:
     """`python -m benchmarks.probe` on a discrete model scores the one-shot prediction by corruption time."""
     import json

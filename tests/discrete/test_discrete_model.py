@@ -30,6 +30,7 @@ from lightning_diffusion.discrete.model import stratified_times
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, LengthNLL
 from lightning_diffusion.samplers import DDIMSampler
+from lightning_diffusion.selection import FirstCandidate, ModelScoreSelection
 
 ENC_DEC = functools.partial(
     EncoderDecoderTokenDenoiser, hidden_dim=32, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=64, dropout=0.0, max_positions=128
@@ -103,6 +104,41 @@ def test_bad_combinations_are_errors(tok: Any) -> None:
         make(tok, length_beam=3)
     with pytest.raises(ValueError, match="no loss term trains it"):
         make(tok, length_predictor=functools.partial(LengthPredictor, max_offset=8))
+    with pytest.raises(DecodingError, match="DiscreteAncestralSampler gives none"):
+        with_length(tok, length_beam=2, selection=ModelScoreSelection(), sampler=DiscreteAncestralSampler(steps=3))
+
+
+class RankedMaskPredict(MaskPredictSampler):
+    """Mask-predict whose sequence scores are replaced by ``sign * row index``: a known ranking of the candidates."""
+
+    def __init__(self, sign: float) -> None:
+        super().__init__(steps=3)
+        self.sign = sign
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().sample(*args, **kwargs)
+        out.scores = self.sign * torch.arange(out.token_ids.shape[0], dtype=torch.float32)
+        return out
+
+
+def test_model_score_selection_takes_the_candidate_the_sampler_scores_highest(tok: Any, batch: Any) -> None:
+    """Length beam 3 in one length group (no re-ordering of rows): descending scores pick each source's first
+    candidate, as FirstCandidate does; ascending scores pick another one for some source."""
+    module = with_length(tok, length_beam=3)
+    module.eval()
+    natural = decode_batch(module, batch, module.decoding.replace(selection=ModelScoreSelection()), seed=0)
+    assert len(natural.rows) == len(batch) and natural.candidates == 3
+    first = decode_batch(module, batch, module.decoding.replace(selection=FirstCandidate()), seed=0)
+    import lightning_diffusion.discrete.model as model_module
+
+    one_group = lambda lengths: [torch.arange(len(lengths))]  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_module, "length_groups", one_group)
+        down = decode_batch(module, batch, module.decoding.replace(sampler=RankedMaskPredict(-1.0), selection=ModelScoreSelection()), seed=0)
+        up = decode_batch(module, batch, module.decoding.replace(sampler=RankedMaskPredict(1.0), selection=ModelScoreSelection()), seed=0)
+    hyps = lambda out: [r["hypothesis"] for r in out.rows]  # noqa: E731
+    assert hyps(down) == hyps(first)
+    assert hyps(up) != hyps(first)
 
 
 @pytest.mark.parametrize("length", [False, True], ids=["canvas", "length_predictor"])

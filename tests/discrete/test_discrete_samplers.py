@@ -17,7 +17,7 @@ from lightning_diffusion.discrete import (
     TokenDenoiser,
     UniformCorruption,
 )
-from lightning_diffusion.discrete.samplers import decided_counts, token_choice
+from lightning_diffusion.discrete.samplers import decided_counts, mean_log_probability, token_choice
 from lightning_diffusion.types import Conditioning
 
 V = 11
@@ -178,3 +178,28 @@ def test_token_choice_in_place_equals_the_kept_softmax() -> None:
     kept = logits.clone()
     token_choice(kept, 0.0)
     assert torch.equal(kept, logits)  # without consume the input is left alone
+
+
+@pytest.mark.parametrize("sampler", [MaskPredictSampler(steps=4), ConfidenceThresholdSampler(steps=5)], ids=lambda s: type(s).__name__)
+def test_scoring_samplers_return_the_mean_log_probability_of_their_tokens(sampler) -> None:
+    """The oracle puts logit ``sure + ramp_l`` on the true token at position ``l`` and 0 elsewhere, whatever it is
+    shown, so each decided token's probability is ``e^s / (e^s + V - 1)``; a sequence's score is the mean log of
+    those over its own positions (mask-predict's length-beam score)."""
+    lengths = (7, 4)
+    out, _, _ = run(sampler, lengths=lengths)
+    assert sampler.scores_tokens and out.scores is not None and out.scores.shape == (2,)
+    s = 30.0 + torch.linspace(0.0, 1.0, max(lengths), dtype=torch.float64)
+    log_p = s - torch.log(torch.exp(s) + (V - 1))
+    expected = torch.stack([log_p[:n].mean() for n in lengths]).float()
+    torch.testing.assert_close(out.scores, expected, rtol=0, atol=1e-6)
+
+
+def test_mean_log_probability_counts_existing_positions_only() -> None:
+    probs = torch.tensor([[0.5, 0.25, 0.0], [1.0, 0.0, 0.0]])
+    exists = torch.tensor([[True, True, False], [True, False, False]])
+    torch.testing.assert_close(mean_log_probability(probs, exists), torch.tensor([(-0.6931472 - 1.3862944) / 2, 0.0]))
+
+
+def test_samplers_that_do_not_score_say_so() -> None:
+    out, _, _ = run(DiscreteAncestralSampler(steps=6))
+    assert out.scores is None and not DiscreteAncestralSampler.scores_tokens and not TauLeapingSampler.scores_tokens

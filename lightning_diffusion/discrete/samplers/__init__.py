@@ -4,6 +4,8 @@ from lightning_diffusion.discrete.samplers.ancestral import DiscreteAncestralSam
 from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
+    mean_log_probability,
+    predict_positions,
     time_grid,
     token_choice,
 )
@@ -19,6 +21,7 @@ __all__ = [
     "MaskPredictSampler",
     "TauLeapingSampler",
     "decided_counts",
+    "mean_log_probability",
     "predict_positions",
     "repeated_picks",
     "time_grid",

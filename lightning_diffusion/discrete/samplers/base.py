@@ -24,10 +24,22 @@ class DiscreteSampleOutput:
     Attributes:
         token_ids: ``[B, L]`` long, the decoded tokens (no ``[MASK]`` left).
         nfe: denoiser calls actually made for the batch (steps whose input did not change reuse the last call).
+        scores: ``[B]`` the model's score of each sequence, the mean log-probability of its tokens at the
+            predictions that decided them (:func:`mean_log_probability`), from samplers that score their tokens
+            (:attr:`DiscreteSampler.scores_tokens`); None from the others.
     """
 
     token_ids: Tensor
     nfe: int
+    scores: Tensor | None = None
+
+
+def mean_log_probability(probs: Tensor, exists: Tensor) -> Tensor:
+    """``[B]`` mean over existing positions (``exists`` ``[B, L]``) of ``log p`` (``probs`` ``[B, L]``): mask-predict's
+    length-beam score ``(1 / N) sum_i log p(y_i)`` (Ghazvininejad et al. 2019). A zero probability counts as
+    ``log(1e-30)``, so the score stays finite."""
+    log_p = probs.float().clamp_min(1e-30).log().masked_fill(~exists, 0.0)
+    return log_p.sum(-1) / exists.sum(-1).clamp_min(1)
 
 
 def time_grid(steps: int, device: torch.device | None = None) -> Tensor:
@@ -100,6 +112,8 @@ class DiscreteSampler(ChainSampler):
 
     #: True for samplers defined only for absorbing corruption (every corrupted token is ``[MASK]``).
     needs_absorbing: bool = False
+    #: True for samplers that return :attr:`DiscreteSampleOutput.scores` (needed by ``ModelScoreSelection``).
+    scores_tokens: bool = False
 
     def __init__(self, steps: int = 10, temperature: float = 0.0) -> None:
         super().__init__(steps)
@@ -133,4 +147,4 @@ class DiscreteSampler(ChainSampler):
         """
 
 
-__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "predict_positions", "state_time", "time_grid", "token_choice"]
+__all__ = ["DiscreteSampleOutput", "DiscreteSampler", "mean_log_probability", "predict_positions", "state_time", "time_grid", "token_choice"]

@@ -13,6 +13,7 @@ from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
 from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
+    mean_log_probability,
     predict_positions,
     state_time,
     time_grid,
@@ -72,6 +73,8 @@ class MaskPredictSampler(DiscreteSampler):
             the time at which the model's training schedule masks the share the rule left masked
             (:func:`~lightning_diffusion.discrete.samplers.base.state_time`; the same when ``rule`` is the schedule).
     """
+
+    scores_tokens = True
 
     def __init__(
         self,
@@ -134,7 +137,9 @@ class MaskPredictSampler(DiscreteSampler):
             x = torch.where(decided, tokens, noise)
             if on_step is not None:
                 on_step(k + 1, self.steps)
-        return DiscreteSampleOutput(token_ids=tokens.masked_fill(~exists, 0), nfe=self.steps)
+        return DiscreteSampleOutput(
+            token_ids=tokens.masked_fill(~exists, 0), nfe=self.steps, scores=mean_log_probability(scores, exists)
+        )
 
 
 __all__ = ["MaskPredictSampler", "decided_counts", "repeated_picks"]

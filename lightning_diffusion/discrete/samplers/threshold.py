@@ -13,6 +13,7 @@ from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
 from lightning_diffusion.discrete.samplers.base import (
     DiscreteSampleOutput,
     DiscreteSampler,
+    mean_log_probability,
     predict_positions,
     state_time,
     time_grid,
@@ -34,6 +35,8 @@ class ConfidenceThresholdSampler(DiscreteSampler):
             the share still undecided (:func:`~lightning_diffusion.discrete.samplers.base.state_time`; this rule
             decides a data-dependent number of positions, so the grid time says little about the state).
     """
+
+    scores_tokens = True
 
     def __init__(self, steps: int = 16, temperature: float = 0.0, threshold: float = 0.9, grid_time: bool = False) -> None:
         super().__init__(steps, temperature)
@@ -62,6 +65,7 @@ class ConfidenceThresholdSampler(DiscreteSampler):
         exists = tgt_mask if tgt_mask is not None else torch.ones(b, length, dtype=torch.bool, device=device)
         x = corruption.prior((b, length), denoiser.vocab_size, device, generator)
         tokens = torch.zeros(b, length, dtype=torch.long, device=device)
+        probs = torch.ones(b, length, device=device)  # each token's probability when it was decided
         decided = ~exists
         grid = time_grid(self.steps, device)
         calls = 0
@@ -79,12 +83,15 @@ class ConfidenceThresholdSampler(DiscreteSampler):
                 new = ~decided
             new = new & ~decided
             tokens = torch.where(new, picks, tokens)
+            probs = torch.where(new, confidence, probs)
             decided = decided | new
             noise = corruption.prior((b, length), denoiser.vocab_size, device, generator)
             x = torch.where(decided, tokens, noise)
             if on_step is not None:
                 on_step(k + 1, self.steps)
-        return DiscreteSampleOutput(token_ids=tokens.masked_fill(~exists, 0), nfe=calls)
+        return DiscreteSampleOutput(
+            token_ids=tokens.masked_fill(~exists, 0), nfe=calls, scores=mean_log_probability(probs, exists)
+        )
 
 
 __all__ = ["ConfidenceThresholdSampler"]
