@@ -25,6 +25,7 @@ from lightning_diffusion.candidates import (
     length_groups,
 )
 from lightning_diffusion.decoding import Decoding, DecodingError
+from lightning_diffusion.discrete.categorical import sample_categorical
 from lightning_diffusion.discrete.corruption.absorbing import AbsorbingCorruption
 from lightning_diffusion.discrete.corruption.base import Corruption
 from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
@@ -329,7 +330,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         rows = inputs.corrupted_logits  # [N, V]
         for _ in range(self.unroll_steps - 1):
             with torch.no_grad():
-                draws = torch.multinomial(F.softmax(rows.detach().float(), dim=-1), 1).squeeze(-1)
+                draws = sample_categorical(F.softmax(rows.detach().float(), dim=-1))
             x = inputs.x_t.masked_scatter(corrupted, draws)
             logits = self.denoiser(x, inputs.t, cond, attention_mask)
             rows = logits[corrupted]

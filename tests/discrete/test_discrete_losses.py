@@ -109,7 +109,7 @@ def test_terms_on_corrupted_positions_run_the_head_there_only(term) -> None:
     sparse = term(DiscreteLossInputs(hidden=hidden, head=head, **fields))
     assert head.rows == 4
     full_inputs = DiscreteLossInputs(hidden=hidden, head=lambda h: h, **fields)
-    full_inputs.logits  # computed for every position first: the corrupted rows are then taken from it
+    _ = full_inputs.logits  # computed for every position first: the corrupted rows are then taken from it
     full = term(full_inputs)
     assert torch.allclose(sparse, full)
     (grad,) = torch.autograd.grad(sparse.sum(), hidden)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_diffusion.discrete.categorical import sample_categorical
 from lightning_diffusion.discrete.corruption.base import Corruption
 
 
@@ -27,7 +28,7 @@ class AbsorbingCorruption(Corruption):
         a_t = alpha_t.expand(x_t.shape).to(torch.float32)
         unmask_prob = ((a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)).clamp(0.0, 1.0)
         u = torch.rand(x_t.shape, device=x_t.device, generator=generator)
-        tokens = torch.multinomial(p0.reshape(-1, vocab_size).to(torch.float32), 1, generator=generator).reshape(x_t.shape)
+        tokens = sample_categorical(p0, generator)
         unmask = (x_t == vocab_size) & (u < unmask_prob)
         return torch.where(unmask, tokens, x_t)
 

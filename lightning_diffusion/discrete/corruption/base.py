@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_diffusion.discrete.categorical import sample_categorical
+
 _TINY = 1e-12
 
 
@@ -120,9 +122,7 @@ class Corruption:
         self, x_t: Tensor, p0: Tensor, alpha_s: Tensor, alpha_t: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Draw ``x_s ~ p(x_s | x_t)`` (:meth:`posterior`): ``[B, L]``."""
-        probs = self.posterior(x_t, p0, alpha_s, alpha_t)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(x_t.shape)
+        return sample_categorical(self.posterior(x_t, p0, alpha_s, alpha_t), generator)
 
 
 __all__ = ["Corruption"]

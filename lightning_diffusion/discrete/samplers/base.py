@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_diffusion.discrete.categorical import sample_categorical
 from lightning_diffusion.discrete.corruption.base import Corruption
 from lightning_diffusion.discrete.denoisers.base import TokenDenoiser
 from lightning_diffusion.discrete.schedules.base import MaskingSchedule
@@ -66,7 +67,7 @@ def token_choice(
         top, ids = logits.max(dim=-1)
         return ids, torch.exp(top - log_norm)
     scaled = F.softmax(logits / temperature, dim=-1)
-    ids = torch.multinomial(scaled.reshape(-1, scaled.shape[-1]), 1, generator=generator).reshape(logits.shape[:-1])
+    ids = sample_categorical(scaled, generator)
     return ids, torch.exp(logits.gather(-1, ids[..., None]).squeeze(-1) - log_norm)
 
 
