@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lightning_diffusion.decoding import DecodingError
+from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.types import Conditioning
 
 if TYPE_CHECKING:
-    from lightning_diffusion.decoding import Decoding
     from lightning_diffusion.seq2seq import Seq2SeqModule
 
 
@@ -130,7 +129,7 @@ def choose_candidates(
     selection = decoding.selection
     if selection.needs_scores and scores is None and layout.per_source > 1:
         sampler = decoding.sampler.describe() if decoding.sampler is not None else "this decoding"
-        raise DecodingError(f"decoding: {selection.describe()} ranks candidates by the sampler's scores; {sampler} gives none")
+        raise DecodingError(f"decoding: selection {type(selection).__name__} ranks candidates by the sampler's scores; {sampler} gives none")
     if layout.tgt_mask is not None:
         token_ids = token_ids.masked_fill(~layout.tgt_mask, module.special_ids.eos)
     texts = module.decode_ids(token_ids, collapse=decoding.collapse_repeats)

@@ -95,7 +95,7 @@ def decoding_from_flags(
     if current.sampler is None:
         if used:
             raise GenerateError(
-                f"{', '.join(used)} apply to diffusion models (sampling steps, sampler, length and noise beams); "
+                f"{', '.join(used)} apply to diffusion models (sampling steps, sampler, length and noise beams, candidate selection); "
                 f"this {type(module).__name__} has no sampler; it decodes with {module.decoding_settings()}"
             )
         return current, []

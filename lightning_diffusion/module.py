@@ -177,8 +177,8 @@ class DiffusionLM(Seq2SeqModule):
             )
         if decoding.selection.needs_scores and decoding.candidates > 1:
             raise DecodingError(
-                f"decoding: {decoding.selection.describe()} ranks candidates by token scores, which the continuous "
-                f"samplers do not give ({decoding.sampler.describe()}): use MBRSelection or FirstCandidate"
+                f"decoding: selection {type(decoding.selection).__name__} ranks candidates by token scores, which the "
+                f"continuous samplers do not give ({decoding.sampler.describe()}): use MBRSelection or FirstCandidate"
             )
         if decoding.length_beam > 1 and self.length_predictor is None:
             raise DecodingError(

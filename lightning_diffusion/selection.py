@@ -86,7 +86,9 @@ class ModelScoreSelection(CandidateSelection):
     prediction that decided it (mask-predict's length-beam rule, Ghazvininejad et al. 2019, Sec. 3.2:
     ``argmax_l (1 / N_l) sum_i log p(y_i^l)``). Needs a sampler that scores its tokens
     (``DiscreteSampler.scores_tokens``: mask-predict / re-masking and the confidence-threshold sampler). Ties go
-    to the earliest candidate (the most likely length)."""
+    to the earliest candidate (the most likely length). With a length predictor each candidate's positions are its
+    own tokens and EOS; on a padded canvas (no length predictor) the mean runs over the whole canvas, the padding
+    after the end token included. :meth:`select` (strings only) raises: the rule needs :meth:`choose`."""
 
     needs_scores = True
 

@@ -201,8 +201,9 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             raise DecodingError(f"decoding: {type(sampler).__name__} needs absorbing corruption; this model uses {self.corruption.describe()}")
         if decoding.selection.needs_scores and not sampler.scores_tokens and decoding.candidates > 1:
             raise DecodingError(
-                f"decoding: {decoding.selection.describe()} ranks candidates by the sampler's token scores; "
-                f"{type(sampler).__name__} gives none (MaskPredictSampler and ConfidenceThresholdSampler do)"
+                f"decoding: selection {type(decoding.selection).__name__} ranks candidates by the sampler's token "
+                f"scores; {type(sampler).__name__} gives none (use MaskPredictSampler or ConfidenceThresholdSampler, "
+                "or MBRSelection)"
             )
         if decoding.length_beam > 1 and self.length_predictor is None:
             raise DecodingError(
@@ -397,8 +398,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 denoiser, self.schedule, self.corruption, cond.select(rows), length, tgt_mask[rows, :length], generator, step
             )  # fmt: skip
             token_ids[rows, :length] = out.token_ids
-            if scores is not None and out.scores is not None:
-                scores[rows] = out.scores
+            if scores is not None:
+                if out.scores is None:
+                    scores = None  # a group without scores: none for the batch, never a made-up 0
+                else:
+                    scores[rows] = out.scores
             nfe = max(nfe, out.nfe)
         return token_ids, nfe, scores
 

@@ -141,6 +141,36 @@ def test_model_score_selection_takes_the_candidate_the_sampler_scores_highest(to
     assert hyps(up) != hyps(first)
 
 
+class LengthScoredMaskPredict(MaskPredictSampler):
+    """Mask-predict whose sequence score is the row's own length: a score that identifies its row."""
+
+    def sample(self, denoiser: Any, schedule: Any, corruption: Any, cond: Any, length: int, tgt_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+        out = super().sample(denoiser, schedule, corruption, cond, length, tgt_mask, *args, **kwargs)
+        out.scores = tgt_mask.sum(-1).float()
+        return out
+
+
+def test_candidate_scores_return_to_their_rows_after_length_groups(tok: Any, batch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates are decoded in groups of similar length (rows re-ordered); each score must land on its own row."""
+    import lightning_diffusion.discrete.model as model_module
+
+    module = with_length(tok, length_beam=3)
+    module.eval()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_choose, real_groups = model_module.choose_candidates, model_module.length_groups
+
+    def capture(mod: Any, token_ids: torch.Tensor, layout: Any, decoding: Any, scores: Any = None) -> list[str]:
+        seen.append((layout.tgt_mask.sum(-1).float(), scores))
+        return real_choose(mod, token_ids, layout, decoding, scores)
+
+    monkeypatch.setattr(model_module, "choose_candidates", capture)
+    monkeypatch.setattr(model_module, "length_groups", lambda lengths: real_groups(lengths, 0))  # one group per length
+    decoding = module.decoding.replace(sampler=LengthScoredMaskPredict(steps=3), selection=ModelScoreSelection())
+    decode_batch(module, batch, decoding, seed=0)
+    lengths, scores = seen[0]
+    assert len(set(lengths.tolist())) > 1 and torch.equal(scores, lengths)
+
+
 @pytest.mark.parametrize("length", [False, True], ids=["canvas", "length_predictor"])
 def test_generate_through_the_one_decoding_path(tok: Any, batch: Any, length: bool) -> None:
     module = with_length(tok, length_beam=2, noise_beam=2) if length else make(tok, noise_beam=2)
