@@ -426,6 +426,7 @@ def score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "empty_hypotheses": report.empty,
         "replacement_char_hypotheses": report.replacement_chars,
         "repeated_word_hypotheses": report.repeats,
+        "repeated_bigram_hypotheses": report.repeated_bigrams,
     }
 
 

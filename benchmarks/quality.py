@@ -505,7 +505,7 @@ def count_examples(path: Path) -> int:
     return len(examples)
 
 
-HEALTH_KEYS = ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses")
+HEALTH_KEYS = ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses", "repeated_bigram_hypotheses")
 
 
 def with_health_rates(scores: dict[str, Any], sentences: int) -> dict[str, Any]:
@@ -558,7 +558,8 @@ def evaluate(system: System, task: Task, run_root: Path, opts: Any, say: Progres
             f"{scores['rouge2']:.1f}/{scores['rougeL']:.1f} on {decoded.sentences} sentences "
             f"({summary['decode_seconds']:.1f} s, {summary['sentences_per_second']} sentences/s); "
             f"empty {scores['empty_hypotheses']}, U+FFFD {scores['replacement_char_hypotheses']}, repeated word "
-            f"{scores['repeated_word_hypotheses']} of {decoded.sentences}"
+            f"{scores['repeated_word_hypotheses']}, repeated bigram {scores['repeated_bigram_hypotheses']} of "
+            f"{decoded.sentences}"
         )
         if i == 0:
             primary_rows = decoded.rows

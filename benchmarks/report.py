@@ -85,6 +85,7 @@ HEALTH = (
     ("empty_hypotheses", "empty"),
     ("replacement_char_hypotheses", "U+FFFD"),
     ("repeated_word_hypotheses", "repeated word (repetition rate)"),
+    ("repeated_bigram_hypotheses", "repeated bigram"),
 )
 
 

@@ -462,7 +462,7 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
         ev["sampling_steps"] == 3 and ev["nfe_mean"] == 3 and ev["length_beam"] == 2 and ev["noise_beam"] == 1
     )
     assert ev["candidates"] == 2 and ev["sentences_per_second"] > 0
-    for key in ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses"):
+    for key in ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses", "repeated_bigram_hypotheses"):
         assert 0 <= ev[key] <= 12 and ev[f"{key}_rate"] == round(ev[key] / 12, 4)
     for key in ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses"):
         assert 0 <= ev[key] <= 12 and ev[f"{key}_rate"] == round(ev[key] / 12, 4)
