@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.types import Conditioning
 
 if TYPE_CHECKING:
+    from lightning_diffusion.decoding import Decoding
     from lightning_diffusion.seq2seq import Seq2SeqModule
 
 
@@ -121,25 +121,20 @@ def choose_candidates(
     """Decoded ids ``[B * per_source, L]`` -> one hypothesis per source: positions past a candidate's length become
     the end token (so the text is cut there), the ids are detokenized (collapsing repeats if the decoding says so)
     and the decoding's selection (MBR by default) picks among each source's candidates. ``scores``
-    ``[B * per_source]``: the sampler's score of each candidate (higher is better), for selections that rank by it.
-
-    Raises:
-        DecodingError: the selection needs scores and the sampler gave none.
-    """
-    selection = decoding.selection
-    if selection.needs_scores and scores is None and layout.per_source > 1:
-        sampler = decoding.sampler.describe() if decoding.sampler is not None else "this decoding"
-        raise DecodingError(f"decoding: selection {type(selection).__name__} ranks candidates by the sampler's scores; {sampler} gives none")
+    ``[B * per_source]``: the sampler's score of each candidate (higher is better), for selections that rank by it
+    (the models' ``check_decoding`` rejects such a selection with a sampler that gives none)."""
     if layout.tgt_mask is not None:
         token_ids = token_ids.masked_fill(~layout.tgt_mask, module.special_ids.eos)
     texts = module.decode_ids(token_ids, collapse=decoding.collapse_repeats)
-    values = scores.tolist() if scores is not None else None
     n = layout.per_source
-    chosen = []
-    for i in range(len(texts) // n):
-        group = texts[i * n : (i + 1) * n]
-        chosen.append(group[selection.choose(group, values[i * n : (i + 1) * n] if values is not None else None) if n > 1 else 0])
-    return chosen
+    if n == 1:
+        return texts
+    values = scores.tolist() if scores is not None else None
+    groups = [texts[i : i + n] for i in range(0, len(texts), n)]
+    return [
+        group[decoding.selection.choose(group, values[k * n : (k + 1) * n] if values is not None else None)]
+        for k, group in enumerate(groups)
+    ]
 
 
 __all__ = ["CandidateLayout", "build_length_predictor", "canvas_length", "candidate_layout", "choose_candidates", "length_groups"]

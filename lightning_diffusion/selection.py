@@ -6,7 +6,6 @@ and ``generate``.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -104,11 +103,7 @@ class ModelScoreSelection(CandidateSelection):
         if scores is None or len(scores) != len(candidates):
             got = "no scores" if scores is None else f"{len(scores)} scores"
             raise ValueError(f"ModelScoreSelection needs one model score per candidate: {len(candidates)} candidates, {got}")
-        best, best_score = 0, -math.inf
-        for i, score in enumerate(scores):
-            if score > best_score:
-                best, best_score = i, score
-        return best
+        return max(range(len(scores)), key=lambda i: scores[i])  # the first of equal maxima
 
     def describe(self) -> str:
         return "the model's mean token log-probability"
