@@ -66,6 +66,25 @@ class X0MSE(LossTerm):
         return masked_mean(per_token, inputs.mask)
 
 
+class SourceMSE(LossTerm):
+    """``||x0_hat_src - Emb(x)||^2`` (mean over the latent width), averaged over each example's real source positions:
+    the official DiffuSeq's MSE also covers the clean source prefix, whose input is its own target, so the network
+    practises carrying its input through (Gong et al. 2023; their loss averages source and target positions in one
+    mean, here the source is a term of its own, with its own weight). Needs a denoiser that returns
+    ``source_x0`` (:class:`~lightning_diffusion.denoisers.DiffuSeqDenoiser`)."""
+
+    default_name = "source_mse"
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        if inputs.source_x0 is None or inputs.source_z0 is None or inputs.source_mask is None:
+            raise ValueError(
+                "SourceMSE needs a denoiser that runs the source through its network and returns its output there "
+                "(lightning_diffusion.denoisers.DiffuSeqDenoiser, without skip preconditioning)"
+            )
+        per_token = ((inputs.source_x0 - inputs.source_z0) ** 2).mean(-1)
+        return masked_mean(per_token, inputs.source_mask)
+
+
 class RoundingNLL(LossTerm):
     """Rounding term ``-log p(y | z0)`` with the tied head (Diffusion-LM eq. 2): keeps embeddings decodable."""
 

@@ -86,6 +86,10 @@ class DiffusionLM(Seq2SeqModule):
             > 0) with this probability. Needed by ``ClassifierFreeGuidance`` at decoding.
         guidance: the default decoding's :class:`~lightning_diffusion.guidance.Guidance` (None = unguided), like
             ``sampler``; pass another ``Decoding`` to change it per call.
+        noisy_x_start: train on ``x_start = Emb(y) + sqrt(1 - abar_1) eps`` instead of ``Emb(y)`` (the official
+            DiffuSeq's ``_get_x_start``; std 0.12 for the sqrt schedule with T = 2000): the latent that is noised
+            and that the MSE, rounding and prior terms score (the official code keeps the clean embedding as the
+            MSE target at its first step, 1 in T of the examples; here every step scores ``x_start``).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class DiffusionLM(Seq2SeqModule):
         decode_during_validation: bool = True,
         condition_dropout: float = 0.0,
         guidance: Guidance | None = None,
+        noisy_x_start: bool = False,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -147,6 +152,7 @@ class DiffusionLM(Seq2SeqModule):
         self.timestep_sampler = timestep_sampler(schedule.num_steps)
         self.train_noise_factor = train_noise_factor
         self.self_condition_prob = self_condition_prob
+        self.noisy_x_start = noisy_x_start
         self.length_ratio = length_ratio
         self.length_offset = length_offset
         self.max_length = max_length
@@ -228,6 +234,9 @@ class DiffusionLM(Seq2SeqModule):
         b, length = target.shape
         z0 = self.denoiser.embed(target)
         t, weights = self.timestep_sampler.sample(b, self.device)
+        if self.noisy_x_start:  # DiffuSeq's _get_x_start: z0 + sqrt(1 - abar_1) eps
+            sigma_0 = (1.0 - self.schedule.alpha_bar(torch.ones_like(t), length)).clamp_min(0.0).sqrt()  # [B, L]
+            z0 = z0 + sigma_0[..., None] * torch.randn_like(z0)
         z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
         self_cond = None
         if self.self_condition_prob > 0:
@@ -252,6 +261,9 @@ class DiffusionLM(Seq2SeqModule):
             alpha_bar_t=self.schedule.alpha_bar(t, length),
             embedding_table=self.denoiser.embedding_table,
             prediction_logits=prediction.logits,
+            source_x0=prediction.source_x0,
+            source_z0=None if prediction.source_x0 is None else self.denoiser.embed(batch.src_ids),
+            source_mask=None if prediction.source_x0 is None else batch.src_mask,
         )
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)

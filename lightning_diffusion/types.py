@@ -142,6 +142,10 @@ class LossInputs:
             (a function, so terms that don't need it cost nothing).
         prediction_logits: ``[B, L, V]`` the denoiser's own token logits, from which its ``x0_hat`` was made (CDCD's
             score interpolation, ``Denoiser.predict``); None for denoisers that predict latents.
+        source_x0: ``[B, S, D]`` the denoiser's output at the source positions (``DenoiserOutput.source_x0``), or
+            None when the denoiser does not run the source through its network.
+        source_z0: ``[B, S, D]`` the source embeddings ``Emb(x)`` (what ``source_x0`` should reproduce), with it.
+        source_mask: ``[B, S]`` bool, the real source positions, with it.
     """
 
     z0: Tensor
@@ -156,6 +160,9 @@ class LossInputs:
     alpha_bar_t: Tensor | None = None
     embedding_table: Callable[[], Tensor] | None = None
     prediction_logits: Tensor | None = None
+    source_x0: Tensor | None = None
+    source_z0: Tensor | None = None
+    source_mask: Tensor | None = None
 
 
 @dataclass

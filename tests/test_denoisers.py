@@ -251,3 +251,41 @@ def test_base_denoiser_defaults():
     torch.testing.assert_close(m.embedding_table(), m.word_embedding.weight)
     # N(0, 1) init of the embeddings
     assert 0.3 < m.word_embedding.weight.std().item() < 2.0
+
+
+def test_predict_returns_the_source_output_of_the_same_pass(model):
+    src, mask, z, t = _batch()
+    cond = model.encode(src, mask)
+    out = model.predict(z, t, cond)
+    torch.testing.assert_close(out.x0, model(z, t, cond))
+    assert out.source_x0.shape == (2, 5, LATENT)
+    handle = model.register_forward_hook(lambda module, args, output: output * 2.0)
+    hooked = model.predict(z, t, cond)
+    handle.remove()
+    assert hooked.source_x0 is None  # a hook (skip preconditioning) sees the target output only
+    torch.testing.assert_close(hooked.x0, 2.0 * out.x0)
+
+
+def test_shared_projection_embeds_the_source_like_the_noisy_target():
+    model = make(shared_projection=True).eval()
+    assert model.source_proj is None
+    src, mask, _, _ = _batch()
+    torch.testing.assert_close(model.encode(src, mask).hidden, model.input_proj(model.embed(src)))
+    selfcond = make(shared_projection=True, self_conditioning=True).eval()
+    emb = selfcond.embed(src)
+    expected = selfcond.input_proj(torch.cat([emb, torch.zeros_like(emb)], dim=-1))  # empty self-conditioning slot
+    torch.testing.assert_close(selfcond.encode(src, mask).hidden, expected)
+
+
+def test_post_norm_layer_is_layernorm_of_the_residual_sum():
+    from lightning_diffusion.denoisers.layers import TransformerLayer
+
+    torch.manual_seed(0)
+    layer = TransformerLayer(8, 2, 16, dropout=0.0, post_norm=True).eval()
+    x = torch.randn(2, 3, 8)
+    h = layer.self_norm(x + layer.self_attn(x))
+    torch.testing.assert_close(layer(x), layer.ffn_norm(h + layer.ffn(h)))
+    model = make(post_norm=True)
+    assert isinstance(model.output_norm, torch.nn.Identity) and all(layer.post_norm for layer in model.layers)
+    with pytest.raises(ValueError, match="post_norm and adaptive_norm"):
+        TransformerLayer(8, 2, 16, adaptive_norm=True, post_norm=True)

@@ -199,3 +199,53 @@ def test_module_gives_loss_terms_the_signal_level_at_the_sampled_step(tok, batch
     assert inputs.alpha_bar_t.shape == inputs.mask.shape
     assert inputs.embedding_table is not None
     torch.testing.assert_close(inputs.embedding_table(), model.denoiser.embedding_table())
+
+
+def test_source_mse_hand_computed_over_real_source_positions():
+    from lightning_diffusion.losses import SourceMSE
+
+    source_z0 = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [5.0, 5.0]]])
+    source_x0 = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 3.0], [0.0, 0.0]]])
+    source_mask = torch.tensor([[True, True], [True, False]])  # the second example's second position is padding
+    inputs = _inputs()
+    inputs.source_x0, inputs.source_z0, inputs.source_mask = source_x0, source_z0, source_mask
+    # example 0: ((1 + 0) / 2 + (0 + 4) / 2) / 2 = 1.25; example 1: (0 + 4) / 2 = 2 (padding ignored)
+    assert SourceMSE()(inputs).tolist() == pytest.approx([1.25, 2.0])
+    assert SourceMSE().name == "source_mse"
+
+
+def test_source_mse_needs_the_source_output():
+    from lightning_diffusion.losses import SourceMSE
+
+    with pytest.raises(ValueError, match="SourceMSE needs a denoiser that runs the source through its network"):
+        SourceMSE()(_inputs())
+
+
+def test_module_scores_the_source_output_with_source_mse(tok, batch) -> None:
+    """DiffuSeq's denoiser hands its source-position output to the loss; the target is the source embedding."""
+    from lightning_diffusion import DiffusionLM
+    from lightning_diffusion.denoisers import DiffuSeqDenoiser
+    from lightning_diffusion.losses import SourceMSE
+    from lightning_diffusion.schedules import SqrtSchedule
+
+    seen: list[LossInputs] = []
+
+    class Spy(SourceMSE):
+        def forward(self, inputs: LossInputs) -> torch.Tensor:
+            seen.append(inputs)
+            return super().forward(inputs)
+
+    model = DiffusionLM(
+        denoiser=lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32),
+        schedule=SqrtSchedule(num_steps=50),
+        loss_terms=[X0MSE(), Spy()],
+        vocab_size=len(tok),
+    )
+    loss, terms, _, _ = model.compute_losses(batch)
+    (inputs,) = seen
+    assert inputs.source_x0.shape == inputs.source_z0.shape == (*batch.src_ids.shape, 8)
+    torch.testing.assert_close(inputs.source_z0, model.denoiser.embed(batch.src_ids))
+    assert torch.equal(inputs.source_mask, batch.src_mask)
+    loss.backward()
+    assert model.denoiser.source_proj[0].weight.grad.abs().sum() > 0  # the source path learns from the term
+    assert terms["source_mse"] > 0

@@ -20,7 +20,7 @@ from lightning_diffusion.callbacks import PredictionWriter
 from lightning_diffusion.data import (
     tokenizer_fingerprint,
 )
-from lightning_diffusion.denoisers import DiffuSeqDenoiser
+from lightning_diffusion.denoisers import DenoiserOutput, DiffuSeqDenoiser
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
 from lightning_diffusion.samplers import DDIMSampler
 from lightning_diffusion.schedules import SqrtSchedule
@@ -384,3 +384,28 @@ def test_prediction_writer_only_rank_zero_writes(tmp_path: Path) -> None:
         trainer, SimpleNamespace(), [[{"index": 0, "source": "a", "hypothesis": "b"}]], []
     )  # type: ignore[arg-type]
     assert writer.written is None and not (tmp_path / "predictions.jsonl").exists()
+
+
+def test_noisy_x_start_scores_the_embedding_plus_first_step_noise(tok: Any, batch: Seq2SeqBatch) -> None:
+    """DiffuSeq's ``_get_x_start``: a denoiser that returns the clean embedding exactly has MSE 0 against ``Emb(y)``
+    and ``1 - abar_1`` (the first step's noise variance) against ``Emb(y) + sqrt(1 - abar_1) eps``."""
+
+    def oracle(module: DiffusionLM) -> None:
+        def forward(z_t: Tensor, t: Tensor, cond: Any, tgt_mask: Any = None, self_cond: Any = None) -> Tensor:
+            return module.denoiser.embed(module._pad_canvas(batch))
+
+        module.denoiser.forward = forward  # type: ignore[method-assign]
+        module.denoiser.predict = lambda *args: DenoiserOutput(x0=forward(*args))  # type: ignore[method-assign]
+
+    clean = make_module(tok, loss_terms=[X0MSE()])
+    oracle(clean)
+    _, terms, _, _ = clean.compute_losses(batch)
+    assert terms["mse"].item() == pytest.approx(0.0, abs=1e-7)
+
+    noisy = make_module(tok, loss_terms=[X0MSE()], noisy_x_start=True)
+    oracle(noisy)
+    torch.manual_seed(0)
+    _, terms, _, _ = noisy.compute_losses(batch)
+    variance = 1.0 - noisy.schedule.alpha_bar(torch.ones(1, dtype=torch.long), 1).item()
+    assert 0.1 < variance < 0.2  # sqrt schedule, T = 50: 1 - abar_1 = sqrt(1 / 50 + 1e-4), clipped
+    assert terms["mse"].item() == pytest.approx(variance, rel=0.15)  # a mean of ~1,000 squared N(0, variance) draws

@@ -21,10 +21,14 @@ class DenoiserOutput:
         logits: ``[B, L, V]`` the network's own token logits when it predicts tokens (CDCD's score
             interpolation, :class:`~lightning_diffusion.denoisers.ScoreInterpolationDenoiser`); None when it
             predicts latents directly.
+        source_x0: ``[B, S, D]`` the network's output at the source positions, for denoisers that run the source
+            through the same network as the target (:class:`~lightning_diffusion.denoisers.DiffuSeqDenoiser`);
+            scored by :class:`~lightning_diffusion.losses.SourceMSE`. None otherwise.
     """
 
     x0: Tensor
     logits: Tensor | None = None
+    source_x0: Tensor | None = None
 
 
 class Denoiser(nn.Module, ABC):

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least
-from lightning_diffusion.denoisers.base import Denoiser
+from lightning_diffusion.denoisers.base import Denoiser, DenoiserOutput
 from lightning_diffusion.denoisers.layers import TimestepEmbedding, TransformerLayer
 from lightning_diffusion.types import Conditioning
 
@@ -28,7 +28,16 @@ class DiffuSeqDenoiser(Denoiser):
         hidden_dim: transformer width ``H``; ``latent_dim`` (``D``) is the diffused width (DiffuSeq: 128).
         num_layers, num_heads, ffn_dim, dropout: transformer shape (DiffuSeq: 12 layers, 768, 12 heads).
         max_positions: longest ``|x| + 1 + L`` the position table covers.
+        shared_projection: the source goes through the same up-projection as the noisy target (the official
+            DiffuSeq: one ``input_up_proj`` for the whole row) instead of a projection of its own; with
+            self-conditioning the source fills the self-conditioning slot with zeros.
+        post_norm: post-LayerNorm layers and no final LayerNorm (the official DiffuSeq's BERT encoder); default
+            pre-LayerNorm.
         See :class:`Denoiser` for the rest.
+
+    :meth:`predict` also returns the network's output at the source positions (``source_x0``), which
+    :class:`~lightning_diffusion.losses.SourceMSE` scores against the source embeddings (the official DiffuSeq's
+    MSE covers the clean source too: the model practises copying its input).
     """
 
     def __init__(
@@ -44,6 +53,8 @@ class DiffuSeqDenoiser(Denoiser):
         embedding_norm: bool = False,
         embedding_scale: float | None = None,
         self_conditioning: bool = False,
+        shared_projection: bool = False,
+        post_norm: bool = False,
     ) -> None:
         super().__init__(vocab_size, latent_dim, embedding_norm, embedding_scale, self_conditioning)
         check_at_least(
@@ -51,7 +62,8 @@ class DiffuSeqDenoiser(Denoiser):
         )
         self.hidden_dim = hidden_dim
         self.max_positions = max_positions
-        self.source_proj = _up_projection(latent_dim, hidden_dim)
+        self.shared_projection = shared_projection
+        self.source_proj = None if shared_projection else _up_projection(latent_dim, hidden_dim)
         self.input_proj = _up_projection(latent_dim * (2 if self_conditioning else 1), hidden_dim)
         self.sep = nn.Parameter(torch.randn(hidden_dim) * 0.02)
         self.position_embedding = nn.Embedding(max_positions, hidden_dim)
@@ -60,14 +72,19 @@ class DiffuSeqDenoiser(Denoiser):
         self.input_norm = nn.LayerNorm(hidden_dim)
         self.input_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            TransformerLayer(hidden_dim, num_heads, ffn_dim, dropout) for _ in range(num_layers)
+            TransformerLayer(hidden_dim, num_heads, ffn_dim, dropout, post_norm=post_norm) for _ in range(num_layers)
         )
-        self.output_norm = nn.LayerNorm(hidden_dim)
+        self.output_norm = nn.Identity() if post_norm else nn.LayerNorm(hidden_dim)
         self.output_proj = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, latent_dim))
 
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:
         """Embed the source once: ``[B, S]`` -> hidden ``[B, S, H]`` (the clean prefix of every step)."""
-        return Conditioning(hidden=self.source_proj(self.embed(src_ids)), mask=src_mask)
+        emb = self.embed(src_ids)
+        if self.source_proj is not None:
+            return Conditioning(hidden=self.source_proj(emb), mask=src_mask)
+        if self.self_conditioning:
+            emb = torch.cat([emb, torch.zeros_like(emb)], dim=-1)
+        return Conditioning(hidden=self.input_proj(emb), mask=src_mask)
 
     def forward(
         self,
@@ -77,6 +94,30 @@ class DiffuSeqDenoiser(Denoiser):
         tgt_mask: Tensor | None = None,
         self_cond: Tensor | None = None,
     ) -> Tensor:
+        s = cond.hidden.shape[1]
+        return self.output_proj(self.output_norm(self._transform(z_t, t, cond, tgt_mask, self_cond)[:, s + 1 :]))
+
+    def predict(
+        self,
+        z_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        tgt_mask: Tensor | None = None,
+        self_cond: Tensor | None = None,
+    ) -> DenoiserOutput:
+        """The training pass: ``x0_hat`` ``[B, L, D]`` and the output at the source positions ``source_x0``
+        ``[B, S, D]`` from one run of the transformer. A forward hook (skip preconditioning) acts on the target
+        output only, so with one installed the default pass runs and ``source_x0`` is None."""
+        if self._forward_hooks or self._forward_pre_hooks:
+            return super().predict(z_t, t, cond, tgt_mask, self_cond)
+        s = cond.hidden.shape[1]
+        out = self.output_proj(self.output_norm(self._transform(z_t, t, cond, tgt_mask, self_cond)))
+        return DenoiserOutput(x0=out[:, s + 1 :], source_x0=out[:, :s])
+
+    def _transform(
+        self, z_t: Tensor, t: Tensor, cond: Conditioning, tgt_mask: Tensor | None, self_cond: Tensor | None
+    ) -> Tensor:
+        """The transformer over ``[src ; SEP ; z_t]``: hidden states ``[B, S + 1 + L, H]`` (before the output norm)."""
         b, length, _ = z_t.shape
         src_len = cond.mask.sum(-1)  # [B]
         if self.self_conditioning:
@@ -106,4 +147,4 @@ class DiffuSeqDenoiser(Denoiser):
         mask = torch.cat([cond.mask, ones, target_mask], dim=1)
         for layer in self.layers:
             seq = layer(seq, mask)
-        return self.output_proj(self.output_norm(seq[:, s + 1 :]))
+        return seq

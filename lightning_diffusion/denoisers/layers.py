@@ -128,7 +128,8 @@ class MultiHeadAttention(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-LayerNorm transformer layer: self-attention, optional cross-attention, feed-forward.
+    """Transformer layer: self-attention, optional cross-attention, feed-forward; pre-LayerNorm by default,
+    post-LayerNorm (``x = LN(x + sublayer(x))``, BERT / the original Transformer) with ``post_norm``.
 
     Time conditioning is added to the input by the caller, or applied here as adaLN-Zero (DiT) when
     ``adaptive_norm`` is set: each sub-block's LayerNorm output is modulated by ``(1 + scale) * x + shift``
@@ -143,8 +144,12 @@ class TransformerLayer(nn.Module):
         dropout: float = 0.1,
         cross_attention: bool = False,
         adaptive_norm: bool = False,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
+        if post_norm and adaptive_norm:
+            raise ValueError("TransformerLayer: post_norm and adaptive_norm cannot be combined (adaLN modulates a pre-norm)")
+        self.post_norm = post_norm
         self.self_norm = nn.LayerNorm(hidden_dim, elementwise_affine=not adaptive_norm)
         self.self_attn = MultiHeadAttention(hidden_dim, num_heads, dropout)
         self.cross_norm = nn.LayerNorm(hidden_dim) if cross_attention else None
@@ -181,14 +186,21 @@ class TransformerLayer(nn.Module):
             shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(time_emb)[:, None].chunk(6, dim=-1)
             h = self.self_norm(x) * (1 + scale1) + shift1
             x = x + gate1 * self.dropout(self.self_attn(h, context_mask=mask, causal=causal, cache=cache))
+        elif self.post_norm:
+            x = self.self_norm(x + self.dropout(self.self_attn(x, context_mask=mask, causal=causal, cache=cache)))
         else:
             x = x + self.dropout(self.self_attn(self.self_norm(x), context_mask=mask, causal=causal, cache=cache))
         if self.cross_attn is not None:
             if context is None and cache is not None:
                 raise ValueError("a cached cross-attention layer needs its context (the encoder output)")
-            x = x + self.dropout(self.cross_attn(self.cross_norm(x), context, context_mask, cache=cache))
+            if self.post_norm:
+                x = self.cross_norm(x + self.dropout(self.cross_attn(x, context, context_mask, cache=cache)))
+            else:
+                x = x + self.dropout(self.cross_attn(self.cross_norm(x), context, context_mask, cache=cache))
         if self.modulation is not None:
             x = x + gate2 * self.dropout(self.ffn(self.ffn_norm(x) * (1 + scale2) + shift2))
+        elif self.post_norm:
+            x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         else:
             x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x
