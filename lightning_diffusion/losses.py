@@ -25,6 +25,8 @@ class LossTerm(nn.Module, ABC):
     default_name: str = "loss"
     #: True for terms that need a length predictor (the module checks this when it is built).
     needs_length_predictor: bool = False
+    #: True for terms that read the denoiser's output at the source positions (``LossInputs.source_x0``).
+    needs_source_output: bool = False
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__()
@@ -74,6 +76,7 @@ class SourceMSE(LossTerm):
     ``source_x0`` (:class:`~lightning_diffusion.denoisers.DiffuSeqDenoiser`)."""
 
     default_name = "source_mse"
+    needs_source_output = True
 
     def forward(self, inputs: LossInputs) -> Tensor:
         if inputs.source_x0 is None or inputs.source_z0 is None or inputs.source_mask is None:

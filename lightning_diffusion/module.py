@@ -63,6 +63,10 @@ class DiffusionLM(Seq2SeqModule):
         train_noise_factor: Difformer's noise factor ``F`` in training (the sampler has its own).
         self_condition_prob: probability of the self-conditioning pass in training (needs a denoiser built
             with ``self_conditioning: true``).
+        self_condition_per_batch: draw the self-conditioning coin once per batch (Chen et al. 2023, "Analog Bits",
+            Algorithm 1): with probability ``self_condition_prob`` the whole batch gets the first pass, else it is
+            skipped, so a step costs ``1 + p`` forward passes instead of 2. Default False: one coin per example
+            (the first pass always runs; its output feeds the chosen rows).
         length_predictor: factory called with the denoiser's ``hidden_dim`` (Difformer). With one, targets
             are exactly as long as the sentence (+ EOS), positions beyond are masked out of attention and the
             loss, and decoding tries the ``length_beam`` most likely lengths. Without one (DiffuSeq), every
@@ -104,6 +108,7 @@ class DiffusionLM(Seq2SeqModule):
         vocab_size: int = 0,
         train_noise_factor: float = 1.0,
         self_condition_prob: float = 0.0,
+        self_condition_per_batch: bool = False,
         length_predictor: Callable[[int], LengthPredictor] | None = None,
         length_beam: int = 1,
         noise_beam: int = 1,
@@ -152,6 +157,7 @@ class DiffusionLM(Seq2SeqModule):
         self.timestep_sampler = timestep_sampler(schedule.num_steps)
         self.train_noise_factor = train_noise_factor
         self.self_condition_prob = self_condition_prob
+        self.self_condition_per_batch = self_condition_per_batch
         self.noisy_x_start = noisy_x_start
         self.length_ratio = length_ratio
         self.length_offset = length_offset
@@ -239,12 +245,19 @@ class DiffusionLM(Seq2SeqModule):
             z0 = z0 + sigma_0[..., None] * torch.randn_like(z0)
         z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
         self_cond = None
-        if self.self_condition_prob > 0:
+        if self.self_condition_per_batch:
+            if self.self_condition_prob > 0 and float(torch.rand(())) < self.self_condition_prob:
+                with torch.no_grad():
+                    self_cond = self.denoiser(z_t, t, cond, attention_mask, None).detach()
+        elif self.self_condition_prob > 0:
             with torch.no_grad():
                 first = self.denoiser(z_t, t, cond, attention_mask, None)
             use = (torch.rand(b, 1, 1, device=self.device) < self.self_condition_prob).to(first.dtype)
             self_cond = first.detach() * use
-        prediction = self.denoiser.predict(z_t, t, cond, attention_mask, self_cond)  # x0 (+ token logits: CDCD)
+        if any(term.needs_source_output for term in self.loss_terms):  # the keyword only then: older overrides lack it
+            prediction = self.denoiser.predict(z_t, t, cond, attention_mask, self_cond, with_source=True)
+        else:
+            prediction = self.denoiser.predict(z_t, t, cond, attention_mask, self_cond)  # x0 (+ token logits: CDCD)
         x0_hat = prediction.x0
         if self.training:
             self.schedule.observe(t, ((x0_hat.detach() - z0.detach()) ** 2).mean(-1), loss_mask)

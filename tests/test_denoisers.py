@@ -256,11 +256,12 @@ def test_base_denoiser_defaults():
 def test_predict_returns_the_source_output_of_the_same_pass(model):
     src, mask, z, t = _batch()
     cond = model.encode(src, mask)
-    out = model.predict(z, t, cond)
+    assert model.predict(z, t, cond).source_x0 is None  # only when a loss term asks for it
+    out = model.predict(z, t, cond, with_source=True)
     torch.testing.assert_close(out.x0, model(z, t, cond))
     assert out.source_x0.shape == (2, 5, LATENT)
     handle = model.register_forward_hook(lambda module, args, output: output * 2.0)
-    hooked = model.predict(z, t, cond)
+    hooked = model.predict(z, t, cond, with_source=True)
     handle.remove()
     assert hooked.source_x0 is None  # a hook (skip preconditioning) sees the target output only
     torch.testing.assert_close(hooked.x0, 2.0 * out.x0)

@@ -395,7 +395,7 @@ def test_noisy_x_start_scores_the_embedding_plus_first_step_noise(tok: Any, batc
             return module.denoiser.embed(module._pad_canvas(batch))
 
         module.denoiser.forward = forward  # type: ignore[method-assign]
-        module.denoiser.predict = lambda *args: DenoiserOutput(x0=forward(*args))  # type: ignore[method-assign]
+        module.denoiser.predict = lambda *args, **kwargs: DenoiserOutput(x0=forward(*args))  # type: ignore[method-assign]
 
     clean = make_module(tok, loss_terms=[X0MSE()])
     oracle(clean)

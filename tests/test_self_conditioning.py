@@ -216,3 +216,26 @@ def test_denoiser_without_self_conditioning_gets_none_while_sampling(monkeypatch
     batch = make_batch(2)
     module.generate(batch.src_ids, batch.src_mask, torch.Generator().manual_seed(0))
     assert len(calls) == STEPS and all(c["self_cond"] is None for c in calls)
+
+
+def test_training_self_condition_per_batch_feeds_all_rows_or_skips_the_first_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One coin per batch (Analog Bits, Algorithm 1): either every row gets the first pass's output, or no first
+    pass runs at all; over many batches the share of self-conditioned batches is ``self_condition_prob``."""
+    module = make_module("encoder_decoder", self_condition_prob=0.5, self_condition_per_batch=True).train()
+    calls = record_calls(module, monkeypatch)
+    torch.manual_seed(0)
+    passes = []
+    for _ in range(40):
+        calls.clear()
+        module.compute_losses(make_batch(4))
+        passes.append(len(calls))
+        if len(calls) == 2:
+            first, second = calls
+            assert torch.equal(second["self_cond"], first["out"]) and not first["grad"]
+        else:
+            assert calls[0]["self_cond"] is None and calls[0]["grad"]
+    assert set(passes) == {1, 2} and 10 <= passes.count(2) <= 30
+    never = make_module("encoder_decoder", self_condition_prob=0.0, self_condition_per_batch=True).train()
+    calls = record_calls(never, monkeypatch)
+    never.compute_losses(make_batch(4))
+    assert len(calls) == 1

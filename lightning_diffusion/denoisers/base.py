@@ -120,10 +120,13 @@ class Denoiser(nn.Module, ABC):
         cond: Conditioning,
         tgt_mask: Tensor | None = None,
         self_cond: Tensor | None = None,
+        with_source: bool = False,
     ) -> DenoiserOutput:
         """The training pass: ``x0_hat`` and, for denoisers that predict tokens, their logits ``[B, L, V]``.
 
-        Same arguments as :meth:`forward`. The default calls the module (forward hooks included) and has no
-        logits; a denoiser whose ``x0`` comes from token logits overrides it to return them as well.
+        Same arguments as :meth:`forward`, and ``with_source``: also return the output at the source positions
+        (``source_x0``) where the denoiser has one (a loss term asks for it). The default calls the module
+        (forward hooks included) and has neither; a denoiser whose ``x0`` comes from token logits overrides it to
+        return them as well.
         """
         return DenoiserOutput(x0=self(z_t, t, cond, tgt_mask, self_cond))

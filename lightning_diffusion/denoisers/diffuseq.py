@@ -104,11 +104,12 @@ class DiffuSeqDenoiser(Denoiser):
         cond: Conditioning,
         tgt_mask: Tensor | None = None,
         self_cond: Tensor | None = None,
+        with_source: bool = False,
     ) -> DenoiserOutput:
-        """The training pass: ``x0_hat`` ``[B, L, D]`` and the output at the source positions ``source_x0``
-        ``[B, S, D]`` from one run of the transformer. A forward hook (skip preconditioning) acts on the target
-        output only, so with one installed the default pass runs and ``source_x0`` is None."""
-        if self._forward_hooks or self._forward_pre_hooks:
+        """The training pass: ``x0_hat`` ``[B, L, D]`` and, ``with_source``, the output at the source positions
+        ``source_x0`` ``[B, S, D]`` from the same run of the transformer. A forward hook (skip preconditioning)
+        acts on the target output only, so with one installed the default pass runs and ``source_x0`` is None."""
+        if not with_source or self._forward_hooks or self._forward_pre_hooks:
             return super().predict(z_t, t, cond, tgt_mask, self_cond)
         s = cond.hidden.shape[1]
         out = self.output_proj(self.output_norm(self._transform(z_t, t, cond, tgt_mask, self_cond)))

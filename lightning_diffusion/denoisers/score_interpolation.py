@@ -131,8 +131,10 @@ class ScoreInterpolationDenoiser(EncoderDecoderDenoiser):
         cond: Conditioning,
         tgt_mask: Tensor | None = None,
         self_cond: Tensor | None = None,
+        with_source: bool = False,
     ) -> DenoiserOutput:
-        """``x0_hat`` ``[B, L, D]`` and the logits ``[B, L, V]`` it interpolates, from one network pass."""
+        """``x0_hat`` ``[B, L, D]`` and the logits ``[B, L, V]`` it interpolates, from one network pass (no source
+        output: the source is encoded apart)."""
         if self._forward_hooks:
             raise ValueError(
                 "ScoreInterpolationDenoiser takes no forward hooks (e.g. SkipPreconditioning): x0 is the expected "
