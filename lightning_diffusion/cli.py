@@ -44,6 +44,7 @@ from lightning_diffusion.pretrained import (
     load_export_weights,
     read_checkpoint,
 )
+from lightning_diffusion.denormals import flush_denormals_unless_kept
 from lightning_diffusion.quiet import quiet_known_noise
 from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule
@@ -284,6 +285,7 @@ def main(args: list[str] | None = None) -> LightningDiffusionCLI | None:
 def _main(args: list[str] | None) -> LightningDiffusionCLI | None:
     argv = list(sys.argv[1:] if args is None else args)
     quiet_known_noise()
+    flush_denormals_unless_kept()  # CPU: denormal floats make the rounding term's backward ~3x slower
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return None
