@@ -9,8 +9,10 @@ denormals, 0.19 s without (Difformer's normalised embeddings keep its step fast 
 step and decoding speed did not change). Flushing changes only values that small, which no loss or decoded token
 can see.
 
-The ``lightning-diffusion`` command turns it on for its process (set ``LIGHTNING_DIFFUSION_DENORMALS=keep`` to keep
-denormals); library users call :func:`flush_denormals` themselves.
+The ``lightning-diffusion`` command turns it on at start (set ``LIGHTNING_DIFFUSION_DENORMALS=keep`` to keep
+denormals); library users call :func:`flush_denormals` themselves, before any other torch work: the CPU flag
+belongs to the calling thread and to the threads it starts afterwards (torch's intra-op pool, if already created,
+keeps its own).
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ ENV = "LIGHTNING_DIFFUSION_DENORMALS"
 
 
 def flush_denormals(enabled: bool = True) -> bool:
-    """Set (or with ``enabled=False`` clear) the CPU's flush-to-zero / denormals-are-zero modes for this process
-    (:func:`torch.set_flush_denormal`; CUDA kernels are not affected). Returns True when the CPU supports them
+    """Set (or with ``enabled=False`` clear) the CPU's flush-to-zero / denormals-are-zero modes for the calling
+    thread and the threads it starts later (:func:`torch.set_flush_denormal`; CUDA kernels are not affected). Returns True when the CPU supports them
     (x86 with SSE3), False otherwise (nothing changes then)."""
     return bool(torch.set_flush_denormal(enabled))
 
 
 def flush_denormals_unless_kept() -> bool:
     """What the command does at start: :func:`flush_denormals` unless the environment says
-    ``LIGHTNING_DIFFUSION_DENORMALS=keep``. Returns whether denormals are now flushed."""
+    ``LIGHTNING_DIFFUSION_DENORMALS=keep`` (then it clears the mode, which an earlier in-process call may have set).
+    Returns whether denormals are now flushed."""
     value = os.environ.get(ENV, "").strip().lower()
     if value not in ("", "flush", "keep"):
         raise ValueError(f"{ENV} must be 'flush' (the default) or 'keep', got {value!r}")
     if value == "keep":
+        flush_denormals(False)
         return False
     return flush_denormals()
 

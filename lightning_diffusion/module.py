@@ -45,6 +45,29 @@ _INJECTED = [
 ]  # fmt: skip
 
 
+def _check_source_terms(
+    loss_terms: nn.ModuleList, denoiser: Denoiser, preconditioning: SkipPreconditioning | None, condition_dropout: float
+) -> None:
+    """Loss terms that read the denoiser's source output (``SourceMSE``) need a denoiser that has one, no forward hook
+    on it (skip preconditioning mixes the target output only) and a source the network actually saw (classifier-free
+    training replaces dropped rows' source by a null condition, which has no embedding to reproduce)."""
+    names = [term.name for term in loss_terms if term.needs_source_output]
+    if not names:
+        return
+    if not denoiser.returns_source_output:
+        raise ValueError(
+            f"loss terms {names} read the denoiser's output at the source positions, which {type(denoiser).__name__} "
+            "does not have (the source does not run through its network); use DiffuSeqDenoiser or drop the terms"
+        )
+    if preconditioning is not None:
+        raise ValueError(f"loss terms {names} cannot run with preconditioning (it mixes the target output only)")
+    if condition_dropout > 0:
+        raise ValueError(
+            f"loss terms {names} cannot run with condition_dropout > 0 (a dropped row's source is a null condition, "
+            "with no embedding to reproduce)"
+        )
+
+
 class DiffusionLM(Seq2SeqModule):
     """Sequence-to-sequence diffusion in embedding space (Diffusion-LM / DiffuSeq / Difformer family).
 
@@ -64,8 +87,8 @@ class DiffusionLM(Seq2SeqModule):
         self_condition_prob: probability of the self-conditioning pass in training (needs a denoiser built
             with ``self_conditioning: true``).
         self_condition_per_batch: draw the self-conditioning coin once per batch (Chen et al. 2023, "Analog Bits",
-            Algorithm 1): with probability ``self_condition_prob`` the whole batch gets the first pass, else it is
-            skipped, so a step costs ``1 + p`` forward passes instead of 2. Default False: one coin per example
+            Algorithm 1): with probability ``self_condition_prob`` the whole batch (each process's own batch under
+            DDP) gets the first pass, else it is skipped, so a step costs ``1 + p`` forward passes instead of 2. Default False: one coin per example
             (the first pass always runs; its output feeds the chosen rows).
         length_predictor: factory called with the denoiser's ``hidden_dim`` (Difformer). With one, targets
             are exactly as long as the sentence (+ EOS), positions beyond are masked out of attention and the
@@ -145,6 +168,7 @@ class DiffusionLM(Seq2SeqModule):
         self.length_predictor = build_length_predictor(length_predictor, self.denoiser.hidden_dim, self.loss_terms)
         self.condition_dropout = condition_dropout
         self.null_condition = null_condition_parameter(condition_dropout, self.denoiser.hidden_dim)
+        _check_source_terms(self.loss_terms, self.denoiser, preconditioning, condition_dropout)
         self.decoding = self.check_decoding(
             Decoding(
                 sampler=sampler if sampler is not None else DDIMSampler(steps=20),
@@ -238,11 +262,12 @@ class DiffusionLM(Seq2SeqModule):
         if self.training:  # after the length predictor, which always reads the real source
             cond = drop_condition(cond, self.null_condition, self.condition_dropout)
         b, length = target.shape
-        z0 = self.denoiser.embed(target)
+        clean = self.denoiser.embed(target)
         t, weights = self.timestep_sampler.sample(b, self.device)
+        z0 = clean
         if self.noisy_x_start:  # DiffuSeq's _get_x_start: z0 + sqrt(1 - abar_1) eps
             sigma_0 = (1.0 - self.schedule.alpha_bar(torch.ones_like(t), length)).clamp_min(0.0).sqrt()  # [B, L]
-            z0 = z0 + sigma_0[..., None] * torch.randn_like(z0)
+            z0 = clean + sigma_0[..., None].to(clean.dtype) * torch.randn_like(clean)
         z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
         self_cond = None
         if self.self_condition_per_batch:
@@ -260,7 +285,7 @@ class DiffusionLM(Seq2SeqModule):
             prediction = self.denoiser.predict(z_t, t, cond, attention_mask, self_cond)  # x0 (+ token logits: CDCD)
         x0_hat = prediction.x0
         if self.training:
-            self.schedule.observe(t, ((x0_hat.detach() - z0.detach()) ** 2).mean(-1), loss_mask)
+            self.schedule.observe(t, ((x0_hat.detach() - clean.detach()) ** 2).mean(-1), loss_mask)  # the clean target
         inputs = LossInputs(
             z0=z0,
             x0_hat=x0_hat,

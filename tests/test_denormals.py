@@ -10,17 +10,18 @@ from lightning_diffusion.denormals import ENV, flush_denormals, flush_denormals_
 TINY = 1e-40  # a float32 denormal (the smallest normal float32 is ~1.18e-38)
 
 
-@pytest.fixture(autouse=True)
-def restore_flag():
-    yield
-    flush_denormals_unless_kept()  # the state the command (and the rest of the test session) runs with
-
-
 def small_product() -> float:
     return (torch.tensor([TINY * 1e10], dtype=torch.float32) * 1e-10).item()  # a normal times a small normal
 
 
-def test_flushing_zeroes_denormal_results_and_keeping_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def restore_flag():
+    flushed_before = small_product() == 0.0
+    yield
+    flush_denormals(flushed_before)  # the rest of the test session runs as it did before
+
+
+def test_flushing_zeroes_denormal_results_and_keeping_keeps_them() -> None:
     if not flush_denormals():
         pytest.skip("this CPU has no flush-to-zero mode")
     assert small_product() == 0.0
@@ -36,8 +37,9 @@ def test_the_command_flushes_unless_the_environment_keeps_denormals(monkeypatch:
     monkeypatch.delenv(ENV, raising=False)
     assert flush_denormals_unless_kept() and small_product() == 0.0
     flush_denormals(False)
+    flush_denormals(True)
     monkeypatch.setenv(ENV, "keep")
-    assert not flush_denormals_unless_kept() and small_product() != 0.0
+    assert not flush_denormals_unless_kept() and small_product() != 0.0  # an earlier flush is undone
     monkeypatch.setenv(ENV, "sometimes")
     with pytest.raises(ValueError, match="LIGHTNING_DIFFUSION_DENORMALS must be 'flush'"):
         flush_denormals_unless_kept()

@@ -249,3 +249,25 @@ def test_module_scores_the_source_output_with_source_mse(tok, batch) -> None:
     loss.backward()
     assert model.denoiser.source_proj[0].weight.grad.abs().sum() > 0  # the source path learns from the term
     assert terms["source_mse"] > 0
+
+
+def test_source_terms_are_checked_when_the_model_is_built(tok) -> None:
+    """A source-reading term needs a denoiser with a source output, and a source the network saw."""
+    from lightning_diffusion import DiffusionLM
+    from lightning_diffusion.denoisers import DiffuSeqDenoiser, EncoderDecoderDenoiser
+    from lightning_diffusion.losses import SourceMSE
+    from lightning_diffusion.schedules import SqrtSchedule
+
+    def build(denoiser, **kwargs):
+        return DiffusionLM(
+            denoiser=denoiser, schedule=SqrtSchedule(num_steps=50), loss_terms=[X0MSE(), SourceMSE()],
+            vocab_size=len(tok), **kwargs,
+        )
+
+    encoder_decoder = lambda v: EncoderDecoderDenoiser(v, latent_dim=8, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32)  # noqa: E731
+    diffuseq = lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32)  # noqa: E731
+    with pytest.raises(ValueError, match="which EncoderDecoderDenoiser does not have"):
+        build(encoder_decoder)
+    with pytest.raises(ValueError, match="cannot run with condition_dropout > 0"):
+        build(diffuseq, condition_dropout=0.1)
+    assert build(diffuseq).loss_terms[1].name == "source_mse"

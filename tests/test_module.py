@@ -407,5 +407,5 @@ def test_noisy_x_start_scores_the_embedding_plus_first_step_noise(tok: Any, batc
     torch.manual_seed(0)
     _, terms, _, _ = noisy.compute_losses(batch)
     variance = 1.0 - noisy.schedule.alpha_bar(torch.ones(1, dtype=torch.long), 1).item()
-    assert 0.1 < variance < 0.2  # sqrt schedule, T = 50: 1 - abar_1 = sqrt(1 / 50 + 1e-4), clipped
+    assert 0.1 < variance < 0.2  # sqrt schedule, T = 50: 1 - abar_1 = 1 - f(1) / f(0) with f(t) = 1 - sqrt(t / T + 1e-4)
     assert terms["mse"].item() == pytest.approx(variance, rel=0.15)  # a mean of ~1,000 squared N(0, variance) draws

@@ -47,6 +47,9 @@ class Denoiser(nn.Module, ABC):
     """
 
     hidden_dim: int
+    #: True for denoisers whose ``predict(..., with_source=True)`` returns ``source_x0`` (the source runs through
+    #: the same network as the target: :class:`~lightning_diffusion.denoisers.DiffuSeqDenoiser`).
+    returns_source_output: bool = False
 
     def __init__(
         self,

@@ -35,10 +35,13 @@ class DiffuSeqDenoiser(Denoiser):
             pre-LayerNorm.
         See :class:`Denoiser` for the rest.
 
-    :meth:`predict` also returns the network's output at the source positions (``source_x0``), which
+    With ``with_source=True`` (and no forward hook installed) :meth:`predict` also returns the network's output at
+    the source positions (``source_x0``), which
     :class:`~lightning_diffusion.losses.SourceMSE` scores against the source embeddings (the official DiffuSeq's
     MSE covers the clean source too: the model practises copying its input).
     """
+
+    returns_source_output = True
 
     def __init__(
         self,
