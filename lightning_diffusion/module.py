@@ -25,7 +25,7 @@ from lightning_diffusion.candidates import (
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.guidance.base import Guidance, check_guidance
-from lightning_diffusion.guidance.condition_dropout import drop_condition, null_condition_parameter
+from lightning_diffusion.guidance.condition_dropout import dropped_rows, null_condition_parameter
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
 from lightning_diffusion.preconditioning import SkipPreconditioning
@@ -45,12 +45,10 @@ _INJECTED = [
 ]  # fmt: skip
 
 
-def _check_source_terms(
-    loss_terms: nn.ModuleList, denoiser: Denoiser, preconditioning: SkipPreconditioning | None, condition_dropout: float
-) -> None:
-    """Loss terms that read the denoiser's source output (``SourceMSE``) need a denoiser that has one, no forward hook
-    on it (skip preconditioning mixes the target output only) and a source the network actually saw (classifier-free
-    training replaces dropped rows' source by a null condition, which has no embedding to reproduce)."""
+def _check_source_terms(loss_terms: nn.ModuleList, denoiser: Denoiser, preconditioning: SkipPreconditioning | None) -> None:
+    """Loss terms that read the denoiser's source output (``SourceMSE``) need a denoiser that has one and no forward
+    hook on it (skip preconditioning mixes the target output only). (Rows whose source classifier-free training
+    replaced by the null condition are left out of the source mask.)"""
     names = [term.name for term in loss_terms if term.needs_source_output]
     if not names:
         return
@@ -61,11 +59,6 @@ def _check_source_terms(
         )
     if preconditioning is not None:
         raise ValueError(f"loss terms {names} cannot run with preconditioning (it mixes the target output only)")
-    if condition_dropout > 0:
-        raise ValueError(
-            f"loss terms {names} cannot run with condition_dropout > 0 (a dropped row's source is a null condition, "
-            "with no embedding to reproduce)"
-        )
 
 
 class DiffusionLM(Seq2SeqModule):
@@ -168,7 +161,7 @@ class DiffusionLM(Seq2SeqModule):
         self.length_predictor = build_length_predictor(length_predictor, self.denoiser.hidden_dim, self.loss_terms)
         self.condition_dropout = condition_dropout
         self.null_condition = null_condition_parameter(condition_dropout, self.denoiser.hidden_dim)
-        _check_source_terms(self.loss_terms, self.denoiser, preconditioning, condition_dropout)
+        _check_source_terms(self.loss_terms, self.denoiser, preconditioning)
         self.decoding = self.check_decoding(
             Decoding(
                 sampler=sampler if sampler is not None else DDIMSampler(steps=20),
@@ -259,8 +252,11 @@ class DiffusionLM(Seq2SeqModule):
             attention_mask = batch.tgt_mask
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
+        drop = None
         if self.training:  # after the length predictor, which always reads the real source
-            cond = drop_condition(cond, self.null_condition, self.condition_dropout)
+            drop = dropped_rows(len(batch), self.null_condition, self.condition_dropout, self.device)
+            if drop is not None and self.null_condition is not None:
+                cond = cond.with_null(self.null_condition, drop)
         b, length = target.shape
         clean = self.denoiser.embed(target)
         t, weights = self.timestep_sampler.sample(b, self.device)
@@ -301,7 +297,8 @@ class DiffusionLM(Seq2SeqModule):
             prediction_logits=prediction.logits,
             source_x0=prediction.source_x0,
             source_z0=None if prediction.source_x0 is None else self.denoiser.embed(batch.src_ids),
-            source_mask=None if prediction.source_x0 is None else batch.src_mask,
+            # a dropped row's source is the null condition: no embedding to reproduce there
+            source_mask=None if prediction.source_x0 is None else batch.src_mask & (True if drop is None else ~drop[:, None]),
         )
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)

@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,21 @@ RECIPE_EXTRAS: dict[str, list[str]] = {}
 def _single_thread() -> None:
     """Tiny models run much faster single-threaded on a loaded 2-core box."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _keep_denormals() -> Iterable[None]:
+    """In-process ``main([...])`` calls must not flip the CPU's flush-to-zero mode for the rest of the session
+    (property tests draw subnormal floats); ``tests/test_denormals.py`` tests the flushing itself."""
+    from lightning_diffusion.denormals import ENV
+
+    before = os.environ.get(ENV)
+    os.environ[ENV] = "keep"
+    yield
+    if before is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = before
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,29 @@ def test_source_terms_are_checked_when_the_model_is_built(tok) -> None:
     diffuseq = lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32)  # noqa: E731
     with pytest.raises(ValueError, match="which EncoderDecoderDenoiser does not have"):
         build(encoder_decoder)
-    with pytest.raises(ValueError, match="cannot run with condition_dropout > 0"):
-        build(diffuseq, condition_dropout=0.1)
     assert build(diffuseq).loss_terms[1].name == "source_mse"
+
+
+def test_source_mse_leaves_out_rows_whose_source_was_dropped(tok, batch) -> None:
+    """Classifier-free training replaces a dropped row's source by the null condition: SourceMSE skips that row."""
+    from lightning_diffusion import DiffusionLM
+    from lightning_diffusion.denoisers import DiffuSeqDenoiser
+    from lightning_diffusion.losses import SourceMSE
+    from lightning_diffusion.schedules import SqrtSchedule
+
+    seen: list[LossInputs] = []
+
+    class Spy(SourceMSE):
+        def forward(self, inputs: LossInputs) -> torch.Tensor:
+            seen.append(inputs)
+            return super().forward(inputs)
+
+    model = DiffusionLM(
+        denoiser=lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32),
+        schedule=SqrtSchedule(num_steps=50), loss_terms=[X0MSE(), Spy()], vocab_size=len(tok), condition_dropout=1.0,
+    ).train()
+    _, terms, _, _ = model.compute_losses(batch)
+    assert not seen[0].source_mask.any() and terms["source_mse"] == 0  # every row dropped
+    model.eval()  # no dropout outside training
+    model.compute_losses(batch)
+    assert torch.equal(seen[1].source_mask, batch.src_mask)

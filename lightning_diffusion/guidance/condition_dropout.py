@@ -21,17 +21,23 @@ def null_condition_parameter(condition_dropout: float, hidden_dim: int) -> nn.Pa
     return nn.Parameter(torch.zeros(hidden_dim)) if condition_dropout > 0 else None
 
 
-def drop_condition(cond: Conditioning, null: Tensor | None, condition_dropout: float) -> Conditioning:
-    """``cond`` with each row replaced by the null condition with probability ``condition_dropout``.
-
-    The draw ``u ~ U[0, 1)^B`` (drop where ``u < p``) comes from torch's global RNG, which training reseeds before
-    every batch (:class:`~lightning_diffusion.seeding.ReseededTraining`), so a resumed run draws the same rows. With
-    ``condition_dropout == 0`` or no null condition nothing is drawn and ``cond`` is returned as it is.
-    """
+def dropped_rows(batch_size: int, null: Tensor | None, condition_dropout: float, device: torch.device) -> Tensor | None:
+    """The rows ``[B]`` (bool) whose conditioning training replaces by the null condition: ``u < p`` for
+    ``u ~ U[0, 1)^B`` from torch's global RNG, which training reseeds before every batch
+    (:class:`~lightning_diffusion.seeding.ReseededTraining`), so a resumed run draws the same rows. None (and nothing
+    drawn) when ``condition_dropout == 0`` or there is no null condition."""
     if null is None or condition_dropout == 0:
+        return None
+    return torch.rand(batch_size, device=device) < condition_dropout
+
+
+def drop_condition(cond: Conditioning, null: Tensor | None, condition_dropout: float) -> Conditioning:
+    """``cond`` with each row replaced by the null condition with probability ``condition_dropout``
+    (:func:`dropped_rows`); ``cond`` itself when nothing is drawn."""
+    drop = dropped_rows(cond.hidden.shape[0], null, condition_dropout, cond.hidden.device)
+    if drop is None or null is None:
         return cond
-    drop = torch.rand(cond.hidden.shape[0], device=cond.hidden.device) < condition_dropout  # [B]
     return cond.with_null(null, drop)
 
 
-__all__ = ["drop_condition", "null_condition_parameter"]
+__all__ = ["drop_condition", "dropped_rows", "null_condition_parameter"]
