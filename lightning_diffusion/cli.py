@@ -30,6 +30,7 @@ from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.data.jsonl import DataError
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import DecodingError, carry_over_sampler
+from lightning_diffusion.denormals import flush_denormals_unless_kept
 from lightning_diffusion.discrete import samplers as _discrete_samplers  # noqa: F401  short names for --sampler
 from lightning_diffusion.distill import distill
 from lightning_diffusion.generate import generate
@@ -44,7 +45,6 @@ from lightning_diffusion.pretrained import (
     load_export_weights,
     read_checkpoint,
 )
-from lightning_diffusion.denormals import flush_denormals_unless_kept
 from lightning_diffusion.quiet import quiet_known_noise
 from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule

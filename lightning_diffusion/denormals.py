@@ -26,8 +26,8 @@ ENV = "LIGHTNING_DIFFUSION_DENORMALS"
 
 def flush_denormals(enabled: bool = True) -> bool:
     """Set (or with ``enabled=False`` clear) the CPU's flush-to-zero / denormals-are-zero modes for the calling
-    thread and the threads it starts later (:func:`torch.set_flush_denormal`; CUDA kernels are not affected). Returns True when the CPU supports them
-    (x86 with SSE3), False otherwise (nothing changes then)."""
+    thread and the threads it starts later (:func:`torch.set_flush_denormal`; CUDA kernels are not affected).
+    Returns True when the CPU supports them (x86 with SSE3), False otherwise (nothing changes then)."""
     return bool(torch.set_flush_denormal(enabled))
 
 

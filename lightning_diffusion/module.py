@@ -45,7 +45,9 @@ _INJECTED = [
 ]  # fmt: skip
 
 
-def _check_source_terms(loss_terms: nn.ModuleList, denoiser: Denoiser, preconditioning: SkipPreconditioning | None) -> None:
+def _check_source_terms(
+    loss_terms: nn.ModuleList, denoiser: Denoiser, preconditioning: SkipPreconditioning | None
+) -> None:
     """Loss terms that read the denoiser's source output (``SourceMSE``) need a denoiser that has one and no forward
     hook on it (skip preconditioning mixes the target output only). (Rows whose source classifier-free training
     replaced by the null condition are left out of the source mask.)"""
@@ -81,8 +83,8 @@ class DiffusionLM(Seq2SeqModule):
             with ``self_conditioning: true``).
         self_condition_per_batch: draw the self-conditioning coin once per batch (Chen et al. 2023, "Analog Bits",
             Algorithm 1): with probability ``self_condition_prob`` the whole batch (each process's own batch under
-            DDP) gets the first pass, else it is skipped, so a step costs ``1 + p`` forward passes instead of 2. Default False: one coin per example
-            (the first pass always runs; its output feeds the chosen rows).
+            DDP) gets the first pass, else it is skipped, so a step costs ``1 + p`` forward passes instead of 2.
+            Default False: one coin per example (the first pass always runs; its output feeds the chosen rows).
         length_predictor: factory called with the denoiser's ``hidden_dim`` (Difformer). With one, targets
             are exactly as long as the sentence (+ EOS), positions beyond are masked out of attention and the
             loss, and decoding tries the ``length_beam`` most likely lengths. Without one (DiffuSeq), every
@@ -297,13 +299,18 @@ class DiffusionLM(Seq2SeqModule):
             prediction_logits=prediction.logits,
             source_x0=prediction.source_x0,
             source_z0=None if prediction.source_x0 is None else self.denoiser.embed(batch.src_ids),
-            # a dropped row's source is the null condition: no embedding to reproduce there
-            source_mask=None if prediction.source_x0 is None else batch.src_mask & (True if drop is None else ~drop[:, None]),
+            source_mask=None if prediction.source_x0 is None else self._kept_source(batch.src_mask, drop),
         )
         per_term = {term.name: term(inputs) for term in self.loss_terms}
         per_example = sum(term.weight * per_term[term.name] for term in self.loss_terms)
         loss = (per_example * weights).mean()
         return loss, {name: value.mean() for name, value in per_term.items()}, t, per_example.detach()
+
+    @staticmethod
+    def _kept_source(src_mask: Tensor, drop: Tensor | None) -> Tensor:
+        """The source positions ``[B, S]`` the network saw: a row classifier-free training dropped (``drop`` ``[B]``)
+        saw the null condition instead, with no embedding to reproduce."""
+        return src_mask if drop is None else src_mask & ~drop[:, None]
 
     def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:
         loss, terms, t, per_example = self.compute_losses(batch)

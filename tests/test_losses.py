@@ -221,10 +221,15 @@ def test_source_mse_needs_the_source_output():
         SourceMSE()(_inputs())
 
 
-def test_module_scores_the_source_output_with_source_mse(tok, batch) -> None:
-    """DiffuSeq's denoiser hands its source-position output to the loss; the target is the source embedding."""
-    from lightning_diffusion import DiffusionLM
+def _tiny_diffuseq(vocab_size: int):
     from lightning_diffusion.denoisers import DiffuSeqDenoiser
+
+    return DiffuSeqDenoiser(vocab_size, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32)
+
+
+def _source_spy_model(tok, **kwargs):
+    """A tiny DiffuSeq model scored by X0MSE and a SourceMSE that keeps the inputs it saw."""
+    from lightning_diffusion import DiffusionLM
     from lightning_diffusion.losses import SourceMSE
     from lightning_diffusion.schedules import SqrtSchedule
 
@@ -236,11 +241,15 @@ def test_module_scores_the_source_output_with_source_mse(tok, batch) -> None:
             return super().forward(inputs)
 
     model = DiffusionLM(
-        denoiser=lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32),
-        schedule=SqrtSchedule(num_steps=50),
-        loss_terms=[X0MSE(), Spy()],
-        vocab_size=len(tok),
+        denoiser=_tiny_diffuseq, schedule=SqrtSchedule(num_steps=50), loss_terms=[X0MSE(), Spy()],
+        vocab_size=len(tok), **kwargs,
     )
+    return model, seen
+
+
+def test_module_scores_the_source_output_with_source_mse(tok, batch) -> None:
+    """DiffuSeq's denoiser hands its source-position output to the loss; the target is the source embedding."""
+    model, seen = _source_spy_model(tok)
     loss, terms, _, _ = model.compute_losses(batch)
     (inputs,) = seen
     assert inputs.source_x0.shape == inputs.source_z0.shape == (*batch.src_ids.shape, 8)
@@ -254,7 +263,7 @@ def test_module_scores_the_source_output_with_source_mse(tok, batch) -> None:
 def test_source_terms_are_checked_when_the_model_is_built(tok) -> None:
     """A source-reading term needs a denoiser with a source output, and a source the network saw."""
     from lightning_diffusion import DiffusionLM
-    from lightning_diffusion.denoisers import DiffuSeqDenoiser, EncoderDecoderDenoiser
+    from lightning_diffusion.denoisers import EncoderDecoderDenoiser
     from lightning_diffusion.losses import SourceMSE
     from lightning_diffusion.schedules import SqrtSchedule
 
@@ -265,30 +274,15 @@ def test_source_terms_are_checked_when_the_model_is_built(tok) -> None:
         )
 
     encoder_decoder = lambda v: EncoderDecoderDenoiser(v, latent_dim=8, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32)  # noqa: E731
-    diffuseq = lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32)  # noqa: E731
     with pytest.raises(ValueError, match="which EncoderDecoderDenoiser does not have"):
         build(encoder_decoder)
-    assert build(diffuseq).loss_terms[1].name == "source_mse"
+    assert build(_tiny_diffuseq).loss_terms[1].name == "source_mse"
 
 
 def test_source_mse_leaves_out_rows_whose_source_was_dropped(tok, batch) -> None:
     """Classifier-free training replaces a dropped row's source by the null condition: SourceMSE skips that row."""
-    from lightning_diffusion import DiffusionLM
-    from lightning_diffusion.denoisers import DiffuSeqDenoiser
-    from lightning_diffusion.losses import SourceMSE
-    from lightning_diffusion.schedules import SqrtSchedule
-
-    seen: list[LossInputs] = []
-
-    class Spy(SourceMSE):
-        def forward(self, inputs: LossInputs) -> torch.Tensor:
-            seen.append(inputs)
-            return super().forward(inputs)
-
-    model = DiffusionLM(
-        denoiser=lambda v: DiffuSeqDenoiser(v, latent_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ffn_dim=32),
-        schedule=SqrtSchedule(num_steps=50), loss_terms=[X0MSE(), Spy()], vocab_size=len(tok), condition_dropout=1.0,
-    ).train()
+    model, seen = _source_spy_model(tok, condition_dropout=1.0)
+    model.train()
     _, terms, _, _ = model.compute_losses(batch)
     assert not seen[0].source_mask.any() and terms["source_mse"] == 0  # every row dropped
     model.eval()  # no dropout outside training

@@ -65,7 +65,6 @@ class DiffuSeqDenoiser(Denoiser):
         )
         self.hidden_dim = hidden_dim
         self.max_positions = max_positions
-        self.shared_projection = shared_projection
         self.source_proj = None if shared_projection else _up_projection(latent_dim, hidden_dim)
         self.input_proj = _up_projection(latent_dim * (2 if self_conditioning else 1), hidden_dim)
         self.sep = nn.Parameter(torch.randn(hidden_dim) * 0.02)
