@@ -115,6 +115,52 @@ def length_groups(lengths: Tensor, overhead: int = 64) -> list[Tensor]:
     return [order[start:end] for start, end in reversed(bounds)]
 
 
+GroupSampler = Callable[[Tensor, int, "Callable[[int, int], None] | None"], "tuple[Tensor, int, Tensor | None]"]
+"""Decodes one length group: ``(rows [N_g] long, length L_g, on_step)`` -> ids ``[N_g, L_g]``, network calls, and the
+rows' sequence scores ``[N_g]`` (None when the sampler gives none)."""
+
+
+def sample_in_groups(
+    tgt_mask: Tensor,
+    groups: list[Tensor],
+    sample_group: GroupSampler,
+    on_step: Callable[[int, int], None] | None = None,
+    with_scores: bool = False,
+) -> tuple[Tensor, int, Tensor | None]:
+    """Decode candidate rows with predicted lengths (``tgt_mask`` ``[N, L]``) one group of rows at a time, each
+    group on a canvas as long as its longest row (``groups`` from :func:`length_groups`), and put the results back on
+    their rows.
+
+    Args:
+        sample_group: decodes one group (:data:`GroupSampler`).
+        on_step: progress over all groups, ``(done, total)`` with ``total = groups x steps``.
+        with_scores: collect the groups' sequence scores (None for the batch if any group gives none: never a
+            made-up 0).
+
+    Returns:
+        ids ``[N, L]`` (0 past each group's canvas), the most network calls any group made, and the scores ``[N]``
+        or None.
+    """
+    lengths = tgt_mask.sum(-1)
+    if len(groups) == 1:  # one canvas: the rows in their own order
+        groups = [torch.arange(tgt_mask.shape[0], device=tgt_mask.device)]
+    token_ids = torch.zeros(tgt_mask.shape, dtype=torch.long, device=tgt_mask.device)
+    scores: Tensor | None = torch.zeros(tgt_mask.shape[0], device=tgt_mask.device) if with_scores else None
+    nfe = 0
+    for g, rows in enumerate(groups):
+        length = int(lengths[rows].max())
+        step = None if on_step is None else (lambda done, total, g=g: on_step(g * total + done, len(groups) * total))
+        ids, calls, group_scores = sample_group(rows, length, step)
+        token_ids[rows, :length] = ids
+        if scores is not None:
+            if group_scores is None:
+                scores = None
+            else:
+                scores[rows] = group_scores
+        nfe = max(nfe, calls)
+    return token_ids, nfe, scores
+
+
 def choose_candidates(
     module: Seq2SeqModule, token_ids: Tensor, layout: CandidateLayout, decoding: Decoding, scores: Tensor | None = None
 ) -> list[str]:
@@ -137,4 +183,13 @@ def choose_candidates(
     ]
 
 
-__all__ = ["CandidateLayout", "build_length_predictor", "canvas_length", "candidate_layout", "choose_candidates", "length_groups"]
+__all__ = [
+    "CandidateLayout",
+    "GroupSampler",
+    "build_length_predictor",
+    "canvas_length",
+    "candidate_layout",
+    "choose_candidates",
+    "length_groups",
+    "sample_in_groups",
+]

@@ -191,7 +191,7 @@ class Decoding:
         guided = f", {self.guidance.describe()}" if self.guidance is not None else ""
         return (
             f"{self.sampler.describe()}{guided}, {beams}{chosen}{collapsed}, NFE {self.nfe} per candidate "
-            "(candidates decoded in one batch)"
+            "(candidates decoded in parallel)"
         )
 
 

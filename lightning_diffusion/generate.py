@@ -288,7 +288,7 @@ def generate(
             options as ``--sampler.eta 0.5``; its steps are ``--steps`` (default: the model's).
         length_beam: lengths tried per source (needs a length predictor).
         noise_beam: noise samples per length. MBR picks one of ``length_beam x noise_beam`` candidates per source
-            (the MBR pool size is their product), all decoded in one batch.
+            (the MBR pool size is their product), decoded in parallel in groups of similar length.
         batch_size: sentences per batch (default 32; 1 when reading stdin from a terminal, so each line is
             answered as it is typed).
         seed: decoding seed (default: the model's ``decode_seed``); batch ``k`` uses ``seed + its first line's index``.

@@ -21,6 +21,8 @@ from lightning_diffusion.candidates import (
     candidate_layout,
     canvas_length,
     choose_candidates,
+    length_groups,
+    sample_in_groups,
 )
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.denoisers.base import Denoiser
@@ -335,9 +337,12 @@ class DiffusionLM(Seq2SeqModule):
         """Decode ``B`` sources ``[B, S]`` with ``decoding`` (default: ``self.decoding``).
 
         The source is encoded once for the whole sampling loop. Each source gets ``length_beam`` lengths
-        (from the length predictor) x ``noise_beam`` noise samples, all decoded as one batch; the decoding's
-        selection (MBR by default) picks one candidate per source. Positions past a candidate's predicted length
-        hold the end token, so the hypothesis is cut there.
+        (from the length predictor) x ``noise_beam`` noise samples; the decoding's selection (MBR by default) picks
+        one candidate per source. Without a length predictor all candidates share one padded canvas; with one,
+        candidates of similar length are decoded together on a canvas as long as their longest
+        (:func:`~lightning_diffusion.candidates.length_groups`), so short candidates do not carry the batch's
+        longest canvas through every step. Positions past a candidate's predicted length hold the end token, so the
+        hypothesis is cut there.
         """
         decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
         assert decoding.sampler is not None
@@ -345,11 +350,21 @@ class DiffusionLM(Seq2SeqModule):
         layout = candidate_layout(self.length_predictor, cond, src_mask, decoding, self.max_length, self.canvas_length(src_mask))
         guidance = decoding.guidance
         denoiser = self.denoiser if guidance is None else guidance.guide_latents(self.denoiser, self.null_condition)
-        out = decoding.sampler.sample(
-            denoiser, self.schedule, cond.repeat_interleave(layout.per_source), layout.length, layout.tgt_mask, generator, on_step
-        )
-        texts = choose_candidates(self, out.token_ids, layout, decoding)
-        return Generation(texts=texts, nfe=out.nfe * decoding.calls_per_step, candidates=layout.per_source)
+        cond = cond.repeat_interleave(layout.per_source)
+        sampler = decoding.sampler
+        if layout.tgt_mask is None:
+            out = sampler.sample(denoiser, self.schedule, cond, layout.length, None, generator, on_step)
+            token_ids, nfe = out.token_ids, out.nfe
+        else:
+            tgt_mask = layout.tgt_mask
+
+            def sample_group(rows: Tensor, length: int, step: Callable[[int, int], None] | None) -> tuple[Tensor, int, None]:
+                out = sampler.sample(denoiser, self.schedule, cond.select(rows), length, tgt_mask[rows, :length], generator, step)
+                return out.token_ids, out.nfe, None
+
+            token_ids, nfe, _ = sample_in_groups(tgt_mask, length_groups(tgt_mask.sum(-1)), sample_group, on_step)
+        texts = choose_candidates(self, token_ids, layout, decoding)
+        return Generation(texts=texts, nfe=nfe * decoding.calls_per_step, candidates=layout.per_source)
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with: the decoding's and the schedule."""

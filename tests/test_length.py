@@ -342,3 +342,42 @@ def test_decoded_candidates_honour_their_predicted_lengths(monkeypatch: pytest.M
         assert len(text.split()) <= n
         assert text == TOK.decode(kept)
     assert set(out.texts) <= set(texts)
+
+
+def test_length_groups_decode_what_one_canvas_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates of similar predicted length are decoded together on a canvas as long as their longest: every row
+    gets the tokens it gets on the batch's one canvas (no noise here, so only the grouping differs), and the
+    progress callback counts the steps of every group."""
+    import lightning_diffusion.module as module_module
+
+    module = make_module(max_offset=3, length_beam=3, max_length=8, sampler=DDIMSampler(steps=3, noise_factor=0.0))
+    src = torch.randint(4, len(TOK), (3, 4), generator=torch.Generator().manual_seed(0))
+    src_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool()
+    real = module_module.length_groups
+    seen: list[int] = []
+    canvases: list[int] = []
+    sample = module.sampler.sample
+
+    def spy_sample(*args: Any, **kwargs: Any) -> SampleOutput:
+        canvases.append(args[3])
+        return sample(*args, **kwargs)
+
+    def groups_with(overhead: int) -> Any:
+        def split(lengths: Tensor) -> list[Tensor]:
+            out = real(lengths, overhead)
+            seen.append(len(out))
+            return out
+
+        return split
+
+    monkeypatch.setattr(module.sampler, "sample", spy_sample)
+    monkeypatch.setattr(module_module, "length_groups", groups_with(10**9))
+    one = module.generate(src, src_mask)
+    monkeypatch.setattr(module_module, "length_groups", groups_with(0))
+    progress: list[tuple[int, int]] = []
+    many = module.generate(src, src_mask, on_step=lambda done, total: progress.append((done, total)))
+    assert seen[0] == 1 and seen[1] > 1  # the second decode really split the candidates
+    assert len(canvases) == 1 + seen[1] and max(canvases[1:]) == canvases[0] > min(canvases[1:])
+    assert many.texts == one.texts
+    assert many.nfe == one.nfe == 3 and many.candidates == one.candidates == 3
+    assert progress == [(i, 3 * seen[1]) for i in range(1, 3 * seen[1] + 1)]

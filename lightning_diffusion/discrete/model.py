@@ -23,6 +23,7 @@ from lightning_diffusion.candidates import (
     canvas_length,
     choose_candidates,
     length_groups,
+    sample_in_groups,
 )
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.discrete.categorical import sample_categorical
@@ -386,25 +387,15 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         short candidate does not carry the batch's longest canvas through every step (every row is decoded on its
         own positions either way). Returns the ids ``[N, L]`` (0 past each length), the most calls a group made and
         the candidates' scores ``[N]`` (None when the sampler gives none)."""
-        lengths = tgt_mask.sum(-1)
-        groups = length_groups(lengths)
-        token_ids = torch.zeros(tgt_mask.shape, dtype=torch.long, device=tgt_mask.device)
-        scores: Tensor | None = torch.zeros(tgt_mask.shape[0], device=tgt_mask.device) if sampler.scores_tokens else None
-        nfe = 0
-        for g, rows in enumerate(groups):
-            length = int(lengths[rows].max())
-            step = None if on_step is None else (lambda done, total, g=g: on_step(g * total + done, len(groups) * total))
+
+        def sample_group(rows: Tensor, length: int, step: Callable[[int, int], None] | None) -> tuple[Tensor, int, Tensor | None]:
             out = sampler.sample(
                 denoiser, self.schedule, self.corruption, cond.select(rows), length, tgt_mask[rows, :length], generator, step
             )  # fmt: skip
-            token_ids[rows, :length] = out.token_ids
-            if scores is not None:
-                if out.scores is None:
-                    scores = None  # a group without scores: none for the batch, never a made-up 0
-                else:
-                    scores[rows] = out.scores
-            nfe = max(nfe, out.nfe)
-        return token_ids, nfe, scores
+            return out.token_ids, out.nfe, out.scores
+
+        groups = length_groups(tgt_mask.sum(-1))
+        return sample_in_groups(tgt_mask, groups, sample_group, on_step, with_scores=sampler.scores_tokens)
 
 
 __all__ = ["DiscreteDiffusionLM", "stratified_times"]
