@@ -51,6 +51,7 @@ from benchmarks.common import (
     trim_heap,
     write_json,
 )
+from lightning_diffusion.candidates import length_groups
 
 UNCHUNKED = sys.maxsize  # chunk_rows covering every position: the one-shot scores of before
 GIB = 2**30
@@ -169,7 +170,7 @@ def decode(
     finally:
         module.sampler.chunk_rows = None
     if what == "sample":
-        positions = int(out.token_ids.numel())
+        positions = largest = int(out.token_ids.numel())
         output: Any = out.token_ids.cpu()
     else:
         with torch.no_grad():
@@ -177,7 +178,11 @@ def decode(
             top = module.length_predictor.top_lengths(
                 logits, src_mask.sum(-1), module.length_beam, module.max_length
             )
-        positions = int(top.max()) * n_sources * per_source  # the canvas is the longest predicted length
+        # Candidates decode in groups of similar length, each on a canvas as long as its longest row: the positions
+        # the network runs over are the groups' sum; unchunked scoring builds one [rows x longest, V] matrix per group.
+        lengths = top.repeat_interleave(module.noise_beam, dim=1).reshape(-1)
+        sizes = [len(rows) * int(lengths[rows].max()) for rows in length_groups(lengths)]
+        positions, largest = sum(sizes), max(sizes)
         output = out.texts
     return {
         "what": what,
@@ -187,7 +192,7 @@ def decode(
         "source_tokens": n_sources * opts.source_length,
         "candidates_per_source": per_source,
         "positions": positions,
-        "one_score_matrix_bytes": positions * opts.vocab * 4,
+        "one_score_matrix_bytes": largest * opts.vocab * 4,
         "extrapolated": False,
         **row,
         "_output": output,
@@ -391,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 f"`{what}` unchunked at {full} sources would need about {gib(2 * target * opts.vocab * 4)} GiB for two "
                 f"[positions, V] float32 matrices, over the {settings['unchunked_limit_gib']} GiB limit "
                 f"(`--unchunked-limit-gib`): it was run at {', '.join(map(str, small))} sources and its peak at {full} "
-                f"sources is extrapolated linearly in the number of positions ({gib(guess['peak_rss_bytes'])} GiB RSS)."
+                f"sources is extrapolated linearly in the number of positions ({gib(guess['peak_rss_bytes'])} GiB RSS; "
+                "an upper bound for `generate`, whose candidates decode in length groups, each scoring only its own "
+                "positions)."
             )
             say(f"{what} unchunked, {full} sources: extrapolated peak RSS {gib(guess['peak_rss_bytes'])} GiB")
         for row in rows:

@@ -355,8 +355,9 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         decoding: Decoding | None = None,
     ) -> Generation:
         """Decode ``B`` sources ``[B, S]`` with ``decoding`` (default: ``self.decoding``): the source is encoded once;
-        ``length_beam`` lengths x ``noise_beam`` samples per source are decoded as one batch and the selection picks
-        one. Positions past a candidate's length hold the end token, so the hypothesis is cut there."""
+        ``length_beam`` lengths x ``noise_beam`` samples per source are decoded in parallel (with predicted lengths:
+        in groups of similar length, :func:`~lightning_diffusion.candidates.sample_in_groups`) and the selection
+        picks one. Positions past a candidate's length hold the end token, so the hypothesis is cut there."""
         decoding = self.check_decoding(decoding if decoding is not None else self.decoding)
         sampler = decoding.sampler
         assert isinstance(sampler, DiscreteSampler)
