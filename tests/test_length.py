@@ -344,13 +344,20 @@ def test_decoded_candidates_honour_their_predicted_lengths(monkeypatch: pytest.M
     assert set(out.texts) <= set(texts)
 
 
-def test_length_groups_decode_what_one_canvas_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("guided", [False, True], ids=["plain", "classifier_free_guidance"])
+def test_length_groups_decode_what_one_canvas_decodes(monkeypatch: pytest.MonkeyPatch, guided: bool) -> None:
     """Candidates of similar predicted length are decoded together on a canvas as long as their longest: every row
-    gets the tokens it gets on the batch's one canvas (no noise here, so only the grouping differs), and the
-    progress callback counts the steps of every group."""
+    gets the tokens it gets on the batch's one canvas (no noise here, so only the grouping differs; under guidance
+    the null branch follows each group's rows), and the progress callback counts the steps of every group."""
     import lightning_diffusion.module as module_module
+    from lightning_diffusion.guidance import ClassifierFreeGuidance
 
-    module = make_module(max_offset=3, length_beam=3, max_length=8, sampler=DDIMSampler(steps=3, noise_factor=0.0))
+    sampler = DDIMSampler(steps=3, noise_factor=0.0)
+    module = make_module(max_offset=3, length_beam=3, max_length=8, sampler=sampler, condition_dropout=0.1 if guided else 0.0)
+    if guided:
+        with torch.no_grad():
+            module.null_condition.normal_()  # a null condition unlike any source state
+        module.decoding = module.decoding.replace(guidance=ClassifierFreeGuidance(2.0))
     src = torch.randint(4, len(TOK), (3, 4), generator=torch.Generator().manual_seed(0))
     src_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool()
     real = module_module.length_groups
@@ -379,5 +386,5 @@ def test_length_groups_decode_what_one_canvas_decodes(monkeypatch: pytest.Monkey
     assert seen[0] == 1 and seen[1] > 1  # the second decode really split the candidates
     assert len(canvases) == 1 + seen[1] and max(canvases[1:]) == canvases[0] > min(canvases[1:])
     assert many.texts == one.texts
-    assert many.nfe == one.nfe == 3 and many.candidates == one.candidates == 3
+    assert many.nfe == one.nfe == 3 * (2 if guided else 1) and many.candidates == one.candidates == 3
     assert progress == [(i, 3 * seen[1]) for i in range(1, 3 * seen[1] + 1)]
