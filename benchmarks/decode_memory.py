@@ -51,7 +51,7 @@ from benchmarks.common import (
     trim_heap,
     write_json,
 )
-from lightning_diffusion.candidates import length_groups
+from lightning_diffusion.candidates import candidate_layout, length_groups
 
 UNCHUNKED = sys.maxsize  # chunk_rows covering every position: the one-shot scores of before
 GIB = 2**30
@@ -174,13 +174,13 @@ def decode(
         output: Any = out.token_ids.cpu()
     else:
         with torch.no_grad():
-            logits = module.length_predictor(module.denoiser.encode(src_ids, src_mask))
-            top = module.length_predictor.top_lengths(
-                logits, src_mask.sum(-1), module.length_beam, module.max_length
+            cond = module.denoiser.encode(src_ids, src_mask)
+            layout = candidate_layout(
+                module.length_predictor, cond, src_mask, module.decoding, module.max_length, module.canvas_length(src_mask)
             )
         # Candidates decode in groups of similar length, each on a canvas as long as its longest row: the positions
         # the network runs over are the groups' sum; unchunked scoring builds one [rows x longest, V] matrix per group.
-        lengths = top.repeat_interleave(module.noise_beam, dim=1).reshape(-1)
+        lengths = layout.tgt_mask.sum(-1)
         sizes = [len(rows) * int(lengths[rows].max()) for rows in length_groups(lengths)]
         positions, largest = sum(sizes), max(sizes)
         output = out.texts
