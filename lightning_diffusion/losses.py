@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_diffusion.neighbour_unlikelihood import neighbour_unlikelihood
 from lightning_diffusion.types import LossInputs, masked_mean, scatter_rows
 
 
@@ -41,15 +42,16 @@ class LossTerm(nn.Module, ABC):
         return f"name={self.name!r}, weight={self.weight}"
 
 
-def rounding_nll(inputs: LossInputs, latents: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def rounding_nll(inputs: LossInputs, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """``-log p(y | latents)`` under the tied head, averaged over each example's loss positions ``[B]``; the head
     and softmax run on the ``N`` loss positions alone (``[N, V]``, not ``[B, L, V]``: padding costs nothing).
 
     Args:
-        latents: ``[B, L, D]`` what the head decodes (``z0`` for the rounding term, ``x0_hat`` for the anchor).
+        logits: ``[N, V]`` the head's logits at the loss positions (of ``z0`` for the rounding term, of ``x0_hat``
+            for the anchor: :attr:`LossInputs.x0_hat_logits`).
     """
     rows = F.cross_entropy(
-        inputs.logits(latents[inputs.mask]).float(),
+        logits.float(),
         inputs.target_ids[inputs.mask],
         reduction="none",
         label_smoothing=label_smoothing,
@@ -94,7 +96,7 @@ class RoundingNLL(LossTerm):
     default_name = "rounding"
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        return rounding_nll(inputs, inputs.z0)
+        return rounding_nll(inputs, inputs.logits(inputs.z0[inputs.mask]))
 
 
 class AnchorNLL(LossTerm):
@@ -108,7 +110,20 @@ class AnchorNLL(LossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        return rounding_nll(inputs, inputs.x0_hat, self.label_smoothing)
+        return rounding_nll(inputs, inputs.x0_hat_logits, self.label_smoothing)
+
+
+class NeighbourUnlikelihood(LossTerm):
+    """``-sum_{j = l +- 1, y_j != y_l} log(1 - p(y_j | x0_hat_l))``, averaged over each example's loss positions:
+    unlikelihood of the neighbours' words under the head's reading of the prediction (the anchor's logits, shared
+    with :class:`AnchorNLL`, so the head runs once), against the repeated words of parallel decoding
+    (:mod:`lightning_diffusion.neighbour_unlikelihood`)."""
+
+    default_name = "unlikelihood"
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        rows = neighbour_unlikelihood(inputs.x0_hat_logits, inputs.target_ids, inputs.mask, inputs.mask)
+        return masked_mean(scatter_rows(rows, inputs.mask), inputs.mask)
 
 
 class ScoreInterpolationCE(LossTerm):

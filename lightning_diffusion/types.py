@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -163,6 +164,12 @@ class LossInputs:
     source_x0: Tensor | None = None
     source_z0: Tensor | None = None
     source_mask: Tensor | None = None
+
+    @cached_property
+    def x0_hat_logits(self) -> Tensor:
+        """``[N, V]`` the head's logits of ``x0_hat`` at the ``N`` loss positions (row-major; computed once, shared
+        by the terms that read the prediction through the head)."""
+        return self.logits(self.x0_hat[self.mask])
 
 
 @dataclass

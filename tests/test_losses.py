@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from lightning_diffusion.losses import X0MSE, AnchorNLL, LossTerm, PriorLoss, RoundingNLL
+from lightning_diffusion.losses import (
+    X0MSE,
+    AnchorNLL,
+    LossTerm,
+    NeighbourUnlikelihood,
+    PriorLoss,
+    RoundingNLL,
+)
+from lightning_diffusion.neighbour_unlikelihood import neighbour_unlikelihood
 from lightning_diffusion.types import LossInputs, masked_mean
 
 E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.5, 0.5]])  # V=4, D=2
@@ -122,6 +130,53 @@ def test_anchor_nll_mask():
     torch.testing.assert_close(AnchorNLL()(_inputs(x0_hat=x0_hat)), AnchorNLL()(_inputs()))
 
 
+def _unlikely(z: list[float], negative: int) -> float:
+    """``-log(1 - p(negative | z))`` under the head, written out by hand."""
+    logits = [z[0] * e[0] + z[1] * e[1] for e in E.tolist()]
+    total = sum(math.exp(v) for v in logits)
+    return -math.log(1.0 - math.exp(logits[negative]) / total)
+
+
+def test_neighbour_unlikelihood_hand_computed():
+    # TARGET [[0, 1, 3], [2, 3, 1]], MASK [[T, T, T], [T, T, F]]: every neighbour differs here; example 1's last
+    # position is out of the loss, so it is neither scored nor anyone's neighbour.
+    x = X0_HAT.tolist()
+    ex0 = [_unlikely(x[0][0], 1), _unlikely(x[0][1], 0) + _unlikely(x[0][1], 3), _unlikely(x[0][2], 1)]
+    ex1 = [_unlikely(x[1][0], 3), _unlikely(x[1][1], 2)]
+    expected = torch.tensor([sum(ex0) / 3, sum(ex1) / 2])
+    torch.testing.assert_close(NeighbourUnlikelihood()(_inputs()), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_neighbour_unlikelihood_ignores_a_repeated_word_in_the_target():
+    target = torch.tensor([[4, 4]])
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0, 5.0]])  # both sure of word 4: no penalty
+    rows = neighbour_unlikelihood(logits, target, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
+    torch.testing.assert_close(rows, torch.zeros(2))
+
+
+def test_neighbour_unlikelihood_is_finite_when_the_neighbours_word_is_certain():
+    target = torch.tensor([[0, 1]])
+    logits = torch.tensor([[0.0, 200.0], [200.0, 0.0]])  # each position sure of the other's word
+    rows = neighbour_unlikelihood(logits, target, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
+    assert torch.isfinite(rows).all() and (rows > 10).all()
+    with pytest.raises(ValueError, match="3 logit rows for 2 scored positions"):
+        neighbour_unlikelihood(torch.zeros(3, 2), target, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_anchor_and_unlikelihood_share_one_head_pass():
+    calls = []
+
+    def counting_logits(z: torch.Tensor) -> torch.Tensor:
+        calls.append(z.shape[0])
+        return _logits(z)
+
+    inputs = _inputs()
+    inputs.logits = counting_logits
+    AnchorNLL()(inputs)
+    NeighbourUnlikelihood()(inputs)
+    assert calls == [5]  # the 5 loss positions, once
+
+
 def test_prior_loss_hand_computed():
     # ex0: abar 0.01 * mean(z0^2 over D): (1+0)/2=.5, (0+1)/2=.5, (4+1)/2=2.5 -> 0.01 * 3.5/3
     # ex1: abar 0.02 * ((1+0)/2=.5, (.25+.25)/2=.25) -> 0.02 * 0.375
@@ -132,7 +187,8 @@ def test_prior_loss_hand_computed():
 def test_losses_are_differentiable():
     x0_hat = X0_HAT.clone().requires_grad_(True)
     z0 = Z0.clone().requires_grad_(True)
-    total = sum(t(_inputs(x0_hat=x0_hat, z0=z0)).sum() for t in (X0MSE(), RoundingNLL(), AnchorNLL(), PriorLoss()))
+    terms = (X0MSE(), RoundingNLL(), AnchorNLL(), NeighbourUnlikelihood(), PriorLoss())
+    total = sum(t(_inputs(x0_hat=x0_hat, z0=z0)).sum() for t in terms)
     total.backward()
     assert x0_hat.grad is not None and z0.grad is not None
     # masked position gets no gradient
@@ -161,7 +217,7 @@ def test_masked_mean():
     torch.testing.assert_close(masked_mean(values, mask), torch.tensor([2.0, 0.0]))
 
 
-@pytest.mark.parametrize("cls", [X0MSE, RoundingNLL, AnchorNLL, PriorLoss])
+@pytest.mark.parametrize("cls", [X0MSE, RoundingNLL, AnchorNLL, NeighbourUnlikelihood, PriorLoss])
 def test_per_example_independence(cls):
     """Example 0's loss does not depend on example 1's tensors."""
     x0_hat = X0_HAT.clone()

@@ -18,6 +18,7 @@ from lightning_diffusion.discrete.losses import (
     DiscreteLossInputs,
     DiscreteLossTerm,
     MaskedDiffusionELBO,
+    NeighbourUnlikelihood,
     ReweightedCrossEntropy,
 )
 from lightning_diffusion.discrete.model import DiscreteDiffusionLM
@@ -39,6 +40,6 @@ __all__ = [
     "AbsorbingCorruption", "ConfidenceThresholdSampler", "CosineMasking", "Corruption", "D3PMHybrid",
     "DiscreteAncestralSampler", "DiscreteDiffusionLM", "DiscreteLossInputs", "DiscreteLossTerm", "DiscreteSampler",
     "EncoderDecoderTokenDenoiser", "Glancing", "LinearMasking", "MaskAndReplaceCorruption", "MaskPredictSampler", "MaskedDiffusionELBO",
-    "MaskingSchedule", "PrefixTokenDenoiser", "ReweightedCrossEntropy", "SpindleMasking", "TauLeapingSampler",
+    "MaskingSchedule", "NeighbourUnlikelihood", "PrefixTokenDenoiser", "ReweightedCrossEntropy", "SpindleMasking", "TauLeapingSampler",
     "TokenDenoiser", "UniformCorruption",
 ]  # fmt: skip

@@ -14,6 +14,7 @@ from lightning_diffusion.discrete import (
     DiscreteLossInputs,
     LinearMasking,
     MaskedDiffusionELBO,
+    NeighbourUnlikelihood,
     ReweightedCrossEntropy,
     UniformCorruption,
 )
@@ -74,6 +75,48 @@ def test_d3pm_hybrid_first_step_is_the_decoder_nll_and_perfect_prediction_is_fre
     assert term(inputs([V, 1], 0.5, logits=-LOGITS)).item() > 0.1
 
 
+def unlikely(row: list[float], negative: int) -> float:
+    """``-log(1 - softmax(row)[negative])`` written out."""
+    z = sum(math.exp(v) for v in row)
+    return -math.log(1.0 - math.exp(row[negative]) / z)
+
+
+def test_neighbour_unlikelihood_by_hand() -> None:
+    # x0 = [0, 1]; both masked: position 0 is penalised for its right neighbour's word 1, position 1 for its left
+    # neighbour's word 0; the token-level mean divides by the 2 masked tokens.
+    term = NeighbourUnlikelihood()
+    both = term(inputs([V, V], 0.5))
+    assert both.item() == pytest.approx((unlikely([2, 0, 0], 1) + unlikely([0, 1, 0], 0)) / 2, rel=1e-6)
+    # Only position 0 masked: it alone is scored, still against its clean neighbour's word.
+    assert term(inputs([V, 1], 0.5)).item() == pytest.approx(unlikely([2, 0, 0], 1), rel=1e-6)
+    assert term(inputs([0, 1], 0.5)).item() == 0.0  # nothing masked, nothing scored
+
+
+def test_neighbour_unlikelihood_leaves_repeated_words_and_padding_alone() -> None:
+    # x0 = [2, 2, 1, pad]: positions 0 and 1 hold the same word (no penalty between them); position 3 is not a real
+    # target position, so position 2 has no right neighbour.
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.0, 2.0], [0.5, 0.0, 3.0], [9.0, 9.0, 9.0]]])
+    schedule = LinearMasking()
+    t = torch.tensor([0.5])
+    loss = NeighbourUnlikelihood()(
+        DiscreteLossInputs(
+            x0=torch.tensor([[2, 2, 1, 0]]),
+            x_t=torch.tensor([[V, V, V, 0]]),
+            hidden=logits,
+            head=lambda h: h,
+            mask=torch.tensor([[True, True, True, False]]),
+            t=t,
+            alpha_t=schedule.alpha(t).expand(1, 4),
+            rate_t=schedule.rate(t).expand(1, 4),
+            alpha_at=lambda s: schedule.alpha(s).expand(1, 4),
+            corruption=AbsorbingCorruption(),
+            mask_id=V,
+        )
+    )
+    expected = (unlikely([1.0, 0.0, 2.0], 1) + unlikely([0.5, 0.0, 3.0], 2)) / 3  # positions 1 and 2; 0 has none
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 class CountingHead:
     """An identity output head that records how many rows it was asked for."""
 
@@ -85,7 +128,9 @@ class CountingHead:
         return hidden
 
 
-@pytest.mark.parametrize("term", [ReweightedCrossEntropy(floor=0.5), MaskedDiffusionELBO(label_smoothing=0.1)])
+@pytest.mark.parametrize(
+    "term", [ReweightedCrossEntropy(floor=0.5), MaskedDiffusionELBO(label_smoothing=0.1), NeighbourUnlikelihood()]
+)
 def test_terms_on_corrupted_positions_run_the_head_there_only(term) -> None:
     # 2 x 5 positions, 4 of them masked: the head sees 4 rows, and the loss equals the one on full logits.
     torch.manual_seed(0)
