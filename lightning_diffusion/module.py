@@ -38,12 +38,13 @@ from lightning_diffusion.selection import CandidateSelection, MBRSelection
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.timesteps import TimestepSampler, UniformTimestepSampler
 from lightning_diffusion.types import LossInputs, Seq2SeqBatch
+from lightning_diffusion.unrolled_denoising import UnrolledDenoising
 
 log = logging.getLogger("lightning_diffusion")
 
 _INJECTED = [
     "denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "selection",
-    "preconditioning", "optimizer", "lr_scheduler", "guidance",
+    "preconditioning", "optimizer", "lr_scheduler", "guidance", "unrolled_denoising",
 ]  # fmt: skip
 
 
@@ -114,6 +115,10 @@ class DiffusionLM(Seq2SeqModule):
             DiffuSeq's ``_get_x_start``; std 0.12 for the sqrt schedule with T = 2000): the latent that is noised
             and that the MSE, rounding and prior terms score (the official code keeps the clean embedding as the
             MSE target at its first step, 1 in T of the examples; here every step scores ``x_start``).
+        unrolled_denoising: optional :class:`~lightning_diffusion.unrolled_denoising.UnrolledDenoising`: a share of
+            the training batches gets, instead of ``z_t`` from the truth, the input the DDIM sampler gives the
+            network after one step from the network's own estimate (SUNDAE-style training on its own outputs).
+            Default None.
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class DiffusionLM(Seq2SeqModule):
         condition_dropout: float = 0.0,
         guidance: Guidance | None = None,
         noisy_x_start: bool = False,
+        unrolled_denoising: UnrolledDenoising | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -180,6 +186,7 @@ class DiffusionLM(Seq2SeqModule):
         self.self_condition_prob = self_condition_prob
         self.self_condition_per_batch = self_condition_per_batch
         self.noisy_x_start = noisy_x_start
+        self.unrolled_denoising = unrolled_denoising
         self.length_ratio = length_ratio
         self.length_offset = length_offset
         self.max_length = max_length
@@ -268,7 +275,14 @@ class DiffusionLM(Seq2SeqModule):
         if self.noisy_x_start:  # DiffuSeq's _get_x_start: z0 + sqrt(1 - abar_1) eps
             sigma_0 = (1.0 - self.schedule.alpha_bar(torch.ones_like(t), length)).clamp_min(0.0).sqrt()  # [B, L]
             z0 = clean + sigma_0[..., None].to(clean.dtype) * torch.randn_like(clean)
-        z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
+        unrolled = self.training and self.unrolled_denoising is not None and self.unrolled_denoising.applies()
+        if unrolled:
+            assert self.unrolled_denoising is not None
+            z_t = self.unrolled_denoising.input_at(
+                lambda z, s: self.denoiser(z, s, cond, attention_mask, None), z0, t, self.schedule, self.train_noise_factor
+            )
+        else:
+            z_t = self.schedule.q_sample(z0, t, torch.randn_like(z0), self.train_noise_factor)
         self_cond = None
         if self.self_condition_per_batch:
             if self.self_condition_prob > 0 and float(torch.rand(())) < self.self_condition_prob:
@@ -284,7 +298,7 @@ class DiffusionLM(Seq2SeqModule):
         else:
             prediction = self.denoiser.predict(z_t, t, cond, attention_mask, self_cond)  # x0 (+ token logits: CDCD)
         x0_hat = prediction.x0
-        if self.training:
+        if self.training and not unrolled:  # the adaptive schedule fits the error of the noised truth only
             self.schedule.observe(t, ((x0_hat.detach() - clean.detach()) ** 2).mean(-1), loss_mask)  # the clean target
         inputs = LossInputs(
             z0=z0,
