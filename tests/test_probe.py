@@ -237,3 +237,21 @@ def test_probe_cli_writes_json_and_markdown(
     md = out.with_suffix(".md").read_text()
     assert "| t |" in md and "| 2,000 |" in md
     assert "acc argmax" in capsys.readouterr().out  # the printed table
+
+
+def test_chain_trace_cli_writes_json_and_markdown(
+    quickstart: tuple[Path, Path], tiny_data: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import chain_trace
+
+    out = tmp_path / "trace.json"
+    args = [str(quickstart[0]), "--data", str(tiny_data.valid), "--examples", "6", "--decoding", '{"steps": 3}', "--out", str(out)]
+    assert chain_trace.main(args) == out
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "chain_trace" and data["examples"] == 6 and "steps=3" in data["decoding"]
+    assert [row["step"] for row in data["rows"]] == [1, 2, 3]
+    assert data["rows"][-1]["changed_positions"] == 0 and data["rows"][0]["t"] == 2000
+    assert "| step | t |" in out.with_suffix(".md").read_text()
+    assert "differing" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        chain_trace.main([*args[:-2], "--decoding", '{"stepz": 3}', "--out", str(out)])
