@@ -32,7 +32,8 @@ DEFINITIONS = (
     "Each denoiser call's estimate x0_hat is rounded by the tied head's argmax. repeated: share of candidate chains "
     "whose rounded estimate has a token equal to its left neighbour (EOS and padding excluded). changed: share of "
     "the counted positions (predicted-length positions, or on a canvas those the output does not pad; EOS "
-    "excluded) whose token differs from the chain's last estimate, the output. Every candidate chain counts."
+    "excluded) whose token differs from the chain's last estimate (its output unless the sampler clamps). Every "
+    "candidate chain counts."
 )
 
 

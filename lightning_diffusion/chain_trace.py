@@ -3,7 +3,9 @@
 The denoising probe (:mod:`lightning_diffusion.probe`) asks whether the denoiser learnt; this asks whether the
 sampler's chain *uses* it. Decoding runs as usual (``DiffusionLM.generate``); at every denoiser call the estimate
 ``x0_hat`` is rounded to tokens (the tied head's argmax, as the final rounding does) and scored against the chain's
-last estimate (the output) and for back-to-back repeated tokens. A chain whose first estimate, from pure noise,
+last estimate and for back-to-back repeated tokens. The last estimate is the chain's output wherever the last update
+lands on ``x0_hat`` (DDIM, ancestral and DPM-Solver++ into step 0 without clamping); with clamping the output is its
+nearest word embedding instead. A chain whose first estimate, from pure noise,
 already holds nearly all of its final tokens decodes in one shot: more steps cannot help it, and what it repeats at
 step 1 it keeps.
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_diffusion.decoding import Decoding
+from lightning_diffusion.denoisers.base import Denoiser
 from lightning_diffusion.module import DiffusionLM
 from lightning_diffusion.samplers.rounding import round_to_tokens
 from lightning_diffusion.types import Seq2SeqBatch
@@ -37,7 +40,8 @@ class ChainStepRow:
         repeated_sequences: chains whose rounded estimate repeats a token back to back (EOS and padding excluded).
         positions: positions counted (predicted-length positions; on a canvas, those the last estimate does not fill
             with padding), EOS excluded.
-        changed_positions: of those, positions whose token differs from the chain's last estimate.
+        changed_positions: of those, positions whose token differs from the chain's last estimate (its output, see
+            the module docstring).
     """
 
     step: int
@@ -49,17 +53,19 @@ class ChainStepRow:
 
     @property
     def repeated_share(self) -> float:
+        """``repeated_sequences / sequences``."""
         return self.repeated_sequences / max(1, self.sequences)
 
     @property
     def changed_share(self) -> float:
+        """``changed_positions / positions``."""
         return self.changed_positions / max(1, self.positions)
 
 
 class _Recorder:
     """A forward hook on the denoiser: keeps ``(t, ids [B, L], mask [B, L] | None)`` per call."""
 
-    def __init__(self, denoiser: Any, chunk_rows: int | None) -> None:
+    def __init__(self, denoiser: Denoiser, chunk_rows: int | None) -> None:
         self.denoiser = denoiser
         self.chunk_rows = chunk_rows
         self.calls: list[tuple[int, Tensor, Tensor | None]] = []

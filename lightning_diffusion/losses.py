@@ -117,7 +117,8 @@ class NeighbourUnlikelihood(LossTerm):
     """``-sum_{j = l +- 1, y_j != y_l} log(1 - p(y_j | x0_hat_l))``, averaged over each example's loss positions:
     unlikelihood of the neighbours' words under the head's reading of the prediction (the anchor's logits, shared
     with :class:`AnchorNLL`, so the head runs once), against the repeated words of parallel decoding
-    (:mod:`lightning_diffusion.neighbour_unlikelihood`)."""
+    (:mod:`lightning_diffusion.neighbour_unlikelihood`). On a padded canvas (no length predictor) the padding is a
+    loss position and a neighbour like any other."""
 
     default_name = "unlikelihood"
 

@@ -5,7 +5,7 @@ Each position predicts its word independently of its neighbours' predictions, so
 which of two neighbouring slots a word belongs to, both slots put their mass on it and decode it twice. Token-level
 unlikelihood training (Welleck et al. 2020, eq. 4) lowers the probability of chosen negative candidates; here the
 candidates of position ``l`` are the true tokens of its neighbours ``l - 1`` and ``l + 1`` where they differ from
-``y_l`` (the regulariser non-autoregressive translation uses against repeated words, cf. Wang et al. 2019).
+``y_l``: the neighbours' words are the repeats non-autoregressive decoders produce.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-#: Probabilities are clamped below 1 by this much before ``log(1 - p)``, so a saturated wrong guess costs
-#: ``-log(eps)`` ~ 13.8 instead of infinity.
-EPS = 1e-6
 
 
 def neighbour_unlikelihood(logits: Tensor, target_ids: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
@@ -26,10 +22,14 @@ def neighbour_unlikelihood(logits: Tensor, target_ids: Tensor, rows: Tensor, val
         logits: ``[N, V]`` the model's logits of ``y`` at the ``N`` True positions of ``rows``, in row-major order.
         target_ids: ``[B, L]`` long, the true tokens ``y``.
         rows: ``[B, L]`` bool, the positions ``logits`` belong to (``N`` of them).
-        valid: ``[B, L]`` bool, positions whose token may serve as a neighbour (the real target positions).
+        valid: ``[B, L]`` bool, positions whose token may serve as a neighbour (the loss positions: on a padded
+            canvas the padding counts, as the canvas model is trained to produce it).
 
     Returns:
         ``[N]`` the penalty per scored position (0 where no neighbour differs).
+
+    ``log(1 - p_l(j))`` is computed as the log-sum-exp of the log-probabilities without ``j``: exact and with a
+    finite gradient even where the model is certain of the neighbour's word.
     """
     if logits.shape[0] != int(rows.sum()):
         raise ValueError(f"neighbour_unlikelihood: {logits.shape[0]} logit rows for {int(rows.sum())} scored positions")
@@ -43,8 +43,8 @@ def neighbour_unlikelihood(logits: Tensor, target_ids: Tensor, rows: Tensor, val
         neighbour_valid[:, edge] = False
         ids = neighbour_ids[rows]  # [N]
         counts = neighbour_valid[rows] & (ids != rows_ids)  # [N]
-        p = log_probs.gather(1, ids.unsqueeze(1)).squeeze(1).exp()
-        penalty = penalty - torch.log1p(-p.clamp(max=1.0 - EPS)) * counts.to(p.dtype)
+        others = torch.logsumexp(log_probs.scatter(1, ids.unsqueeze(1), -torch.inf), dim=-1)  # log(1 - p_l(j))
+        penalty = penalty - others * counts.to(others.dtype)
     return penalty
 
 

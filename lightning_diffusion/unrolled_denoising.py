@@ -29,6 +29,10 @@ class UnrolledDenoising:
             ``1 + probability`` forward passes of the denoiser on average; the first pass has no gradient).
         gap: ``t' - t`` as a share of the schedule's ``T`` (default 0.05: one step of a 20-step sampler), at least
             one step; ``t'`` is capped at ``T``.
+
+    The first pass runs in the module's training mode (dropout on, as in the self-conditioning pass). An adaptive
+    schedule does not observe unrolled batches (it fits the error of the noised truth); a loss-aware timestep sampler
+    does see their losses.
     """
 
     def __init__(self, probability: float = 0.5, gap: float = 0.05) -> None:

@@ -68,6 +68,20 @@ def test_one_row_per_step_and_the_last_estimate_is_the_output(length_predictor: 
     assert module.denoiser._forward_hooks == {}  # the recorder is removed
 
 
+def test_for_ddim_the_last_estimate_is_the_output() -> None:
+    # What the trace scores against: the argmax of the last denoiser call equals the tokens the sampler returns.
+    module = make_module(True).eval()
+    b = batch()
+    cond = module.denoiser.encode(b.src_ids, b.src_mask)
+    estimates = []
+    handle = module.denoiser.register_forward_hook(lambda _m, _a, out: estimates.append(out))
+    tgt_mask = torch.ones(3, 6, dtype=torch.bool)
+    out = module.sampler.sample(module.denoiser, module.schedule, cond, 6, tgt_mask, torch.Generator().manual_seed(0))
+    handle.remove()
+    assert len(estimates) == 5
+    assert torch.equal(module.denoiser.logits(estimates[-1]).argmax(-1), out.token_ids)
+
+
 def test_the_trace_does_not_change_what_is_decoded() -> None:
     module = make_module(True)
     before = module.generate(batch().src_ids, batch().src_mask, torch.Generator().manual_seed(0))

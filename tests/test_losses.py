@@ -154,11 +154,14 @@ def test_neighbour_unlikelihood_ignores_a_repeated_word_in_the_target():
     torch.testing.assert_close(rows, torch.zeros(2))
 
 
-def test_neighbour_unlikelihood_is_finite_when_the_neighbours_word_is_certain():
+def test_neighbour_unlikelihood_is_exact_and_keeps_a_gradient_when_the_neighbours_word_is_certain():
     target = torch.tensor([[0, 1]])
-    logits = torch.tensor([[0.0, 200.0], [200.0, 0.0]])  # each position sure of the other's word
+    logits = torch.tensor([[0.0, 200.0], [200.0, 0.0]], requires_grad=True)  # each position sure of the other's word
     rows = neighbour_unlikelihood(logits, target, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
-    assert torch.isfinite(rows).all() and (rows > 10).all()
+    torch.testing.assert_close(rows, torch.tensor([200.0, 200.0]))  # -log(1 - p) = -log p(own word) = 200
+    rows.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert (logits.grad[:, 1] * torch.tensor([1.0, -1.0]) > 0.5).all()  # pushed away from the neighbour's word
     with pytest.raises(ValueError, match="3 logit rows for 2 scored positions"):
         neighbour_unlikelihood(torch.zeros(3, 2), target, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
 
