@@ -748,6 +748,24 @@ def results_stem(kind: str, task: Task, opts: Any) -> str:
     return f"{kind}_{task.name}" + ("_distilled" if getattr(opts, "distill", None) else "")
 
 
+def keep_previous_results(path: Path, systems: Sequence[str]) -> Path | None:
+    """Before ``path`` is rewritten: if it holds results of systems that this invocation does not score (a re-decode
+    of some systems with ``--reuse-runs`` into the same directory), move it to ``<stem>.before-<UTC time>.json`` so
+    those rows are not lost; returns the new path, or None when nothing would be lost."""
+    if not path.is_file():
+        return None
+    try:
+        previous = {row.get("system") for row in json.loads(path.read_text(encoding="utf-8")).get("systems", [])}
+    except (json.JSONDecodeError, AttributeError):
+        previous = {None}  # unreadable: keep it rather than guess
+    if previous <= set(systems):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = path.with_name(f"{path.stem}.before-{stamp}.json")
+    path.replace(kept)
+    return kept
+
+
 def main(kind: str, argv: Sequence[str] | None, module_name: str) -> list[Path]:
     parser = argparse.ArgumentParser(
         prog=f"python -m {module_name}",
@@ -790,7 +808,11 @@ def main(kind: str, argv: Sequence[str] | None, module_name: str) -> list[Path]:
         say(f"{task.name}: {len(systems)} systems, {budget['budget_cpu_minutes']:g} CPU-min training each")
         data.update(run_task(task, systems, opts, say, len(tasks)))
         data["wall_seconds"] = round(time.perf_counter() - started, 1)
-        path = write_json(Path(opts.results_dir) / f"{results_stem(kind, task, opts)}.json", data)
+        path = Path(opts.results_dir) / f"{results_stem(kind, task, opts)}.json"
+        kept = keep_previous_results(path, [row["system"] for row in data.get("systems", [])])
+        if kept is not None:
+            say(f"{task.name}: {rel(path)} held other systems too; kept it as {rel(kept)}")
+        path = write_json(path, data)
         from benchmarks import report
 
         report.write_benchmark_outputs(path, plots=not opts.no_plots)

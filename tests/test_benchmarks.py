@@ -25,6 +25,7 @@ from benchmarks.quality import (  # noqa: E402
     add_arguments,
     benchmark_overlay,
     distill_record,
+    keep_previous_results,
     resolve_options,
 )
 from benchmarks.systems import SYSTEMS, TASKS, System  # noqa: E402
@@ -305,6 +306,17 @@ def check_outputs(bench: Bench, stem: str, *pngs: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- units
+def test_a_re_decode_of_some_systems_keeps_the_results_of_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "translation_multi30k_en_de.json"
+    assert keep_previous_results(path, ["difformer"]) is None  # nothing there yet
+    path.write_text(json.dumps({"systems": [{"system": "difformer"}, {"system": "discrete"}]}))
+    assert keep_previous_results(path, ["difformer", "discrete", "autoregressive"]) is None  # nothing would be lost
+    assert path.is_file()
+    kept = keep_previous_results(path, ["difformer"])
+    assert kept is not None and not path.exists() and kept.name.startswith("translation_multi30k_en_de.before-")
+    assert json.loads(kept.read_text())["systems"][1]["system"] == "discrete"
+
+
 def test_format_max_time() -> None:
     assert format_max_time(3) == "00:00:03:00"
     assert format_max_time(0.001) == "00:00:00:01"
