@@ -30,9 +30,9 @@ from lightning_diffusion.pretrained import load_pretrained
 
 DEFINITIONS = (
     "Each denoiser call's estimate x0_hat is rounded by the tied head's argmax. repeated: share of candidate chains "
-    "whose rounded estimate has a token equal to its left neighbour (EOS and padding excluded). changed: share of "
-    "the counted positions (predicted-length positions, or on a canvas those the output does not pad; EOS "
-    "excluded) whose token differs from the chain's last estimate (its output unless the sampler clamps). Every "
+    "whose rounded estimate has a token equal to its left neighbour at counted positions. Counted positions: the "
+    "hypothesis's, i.e. before the last estimate's first end token (where decoding cuts it), not padding, within "
+    "the predicted length. changed: share of the counted positions whose token differs from the chain's last estimate (its output unless the sampler clamps). Every "
     "candidate chain counts."
 )
 

@@ -37,9 +37,10 @@ class ChainStepRow:
         step: 1-based index of the denoiser call in the chain.
         t: the step label of that call (in the first chain; chains of other lengths may differ with logSNR spacing).
         sequences: candidate chains counted.
-        repeated_sequences: chains whose rounded estimate repeats a token back to back (EOS and padding excluded).
-        positions: positions counted (predicted-length positions; on a canvas, those the last estimate does not fill
-            with padding), EOS excluded.
+        repeated_sequences: chains whose rounded estimate repeats a token back to back at counted positions (end
+            and padding tokens never count as a repeat).
+        positions: positions counted: those of the hypothesis, before the last estimate's first end token (where
+            decoding cuts it) and not padding, within the predicted length.
         changed_positions: of those, positions whose token differs from the chain's last estimate (its output, see
             the module docstring).
     """
@@ -87,6 +88,13 @@ def _chains(calls: list[tuple[int, Tensor, Tensor | None]]) -> list[list[tuple[i
     return chains
 
 
+def hypothesis_positions(final: Tensor, mask: Tensor | None, eos: int, pad: int) -> Tensor:
+    """``[B, L]`` bool: the positions of the hypothesis the output ``final`` ``[B, L]`` decodes to: before its first
+    end token (where decoding cuts it), not padding, and inside ``mask`` (the predicted lengths) when given."""
+    counted = ((final == eos).long().cumsum(-1) == 0) & (final != pad)
+    return counted if mask is None else counted & mask
+
+
 def _has_repeat(ids: Tensor, counted: Tensor) -> Tensor:
     """``[B]`` bool: a token equal to its left neighbour where both positions count."""
     same = (ids[:, 1:] == ids[:, :-1]) & counted[:, 1:] & counted[:, :-1]
@@ -131,7 +139,7 @@ def chain_trace(
             for chain in _chains(recorder.calls):
                 final = chain[-1][1]
                 mask = chain[-1][2]
-                counted = (mask if mask is not None else final != special.pad) & (final != special.eos)
+                counted = hypothesis_positions(final, mask, special.eos, special.pad)
                 for step, (t, ids, _) in enumerate(chain, start=1):
                     row = totals.setdefault(step, [t, 0, 0, 0, 0])
                     row[1] += ids.shape[0]
@@ -151,4 +159,4 @@ def as_dicts(rows: list[ChainStepRow]) -> list[dict[str, Any]]:
     return [dict(dataclasses.asdict(r), repeated_share=r.repeated_share, changed_share=r.changed_share) for r in rows]
 
 
-__all__ = ["ChainStepRow", "as_dicts", "chain_trace"]
+__all__ = ["ChainStepRow", "as_dicts", "chain_trace", "hypothesis_positions"]

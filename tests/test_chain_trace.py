@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_diffusion import DiffusionLM
-from lightning_diffusion.chain_trace import _chains, _has_repeat, chain_trace
+from lightning_diffusion.chain_trace import _chains, _has_repeat, chain_trace, hypothesis_positions
 from lightning_diffusion.decoding import Decoding
 from lightning_diffusion.denoisers import EncoderDecoderDenoiser
 from lightning_diffusion.length import LengthPredictor
@@ -63,7 +63,8 @@ def test_one_row_per_step_and_the_last_estimate_is_the_output(length_predictor: 
     assert [r.step for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0].t == 40 and rows[-1].t < rows[0].t
     assert all(r.sequences == 2 * 3 * 2 for r in rows)  # 2 batches x 3 sources x 2 candidates
-    assert rows[-1].changed_positions == 0 and rows[-1].positions > 0
+    assert rows[-1].changed_positions == 0  # the last estimate against itself
+    assert len({r.positions for r in rows}) == 1  # every step is scored on the output's hypothesis positions
     assert all(0 <= r.changed_positions <= r.positions and 0 <= r.repeated_sequences <= r.sequences for r in rows)
     assert module.denoiser._forward_hooks == {}  # the recorder is removed
 
@@ -100,6 +101,17 @@ def test_a_repeat_counts_only_between_counted_positions() -> None:
     ids = torch.tensor([[5, 5, 6], [5, 6, 6], [7, 8, 9]])
     counted = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
     assert _has_repeat(ids, counted).tolist() == [True, False, False]
+
+
+def test_only_the_hypothesis_counts_not_what_follows_its_first_end_token() -> None:
+    final = torch.tensor([[5, 6, 3, 7, 7], [5, 5, 5, 0, 0], [3, 8, 8, 8, 8]])  # EOS 3, pad 0
+    assert hypothesis_positions(final, None, eos=3, pad=0).tolist() == [
+        [True, True, False, False, False],
+        [True, True, True, False, False],
+        [False, False, False, False, False],
+    ]
+    mask = torch.tensor([[True, False, True, True, True]] * 3)
+    assert hypothesis_positions(final, mask, eos=3, pad=0)[0].tolist() == [True, False, False, False, False]
 
 
 def test_guided_decodings_are_refused() -> None:
