@@ -2,62 +2,29 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
+from tiny_continuous import make_batch, make_module
 
 from lightning_diffusion import DiffusionLM
 from lightning_diffusion.chain_trace import _chains, _has_repeat, chain_trace, hypothesis_positions
 from lightning_diffusion.decoding import Decoding
-from lightning_diffusion.denoisers import EncoderDecoderDenoiser
-from lightning_diffusion.length import LengthPredictor
-from lightning_diffusion.losses import X0MSE, AnchorNLL, LengthNLL
 from lightning_diffusion.samplers import DDIMSampler
-from lightning_diffusion.schedules import SqrtSchedule
 from lightning_diffusion.types import Seq2SeqBatch
 
-VOCAB = 40
 
-
-class WordTokenizer:
-    pad_token_id, eos_token_id = 0, 3
-
-    def __len__(self) -> int:
-        return VOCAB
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return " ".join(f"w{i}" for i in ids if not (skip_special_tokens and i < 4))
-
-
-def make_module(length_predictor: bool) -> DiffusionLM:
-    torch.manual_seed(0)
-    extra = (
-        dict(loss_terms=[X0MSE(), AnchorNLL(), LengthNLL()], length_predictor=functools.partial(LengthPredictor, max_offset=3))
-        if length_predictor
-        else {}
-    )
-    module = DiffusionLM(
-        denoiser=functools.partial(
-            EncoderDecoderDenoiser, latent_dim=8, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2,
-            ffn_dim=32, max_positions=64, dropout=0.0,
-        ),
-        schedule=SqrtSchedule(40), sampler=DDIMSampler(steps=5), vocab_size=VOCAB, length_offset=2, **extra,
-    )  # fmt: skip
-    module.attach_tokenizer(WordTokenizer(), "words")
-    return module
+def trace_module(length_predictor: bool) -> DiffusionLM:
+    """An encoder-decoder model (no self-conditioning) sampled by DDIM in 5 steps, with or without a length predictor."""
+    return make_module("encoder_decoder", self_conditioning=False, length_mode=length_predictor, sampler=DDIMSampler(steps=5))
 
 
 def batch() -> Seq2SeqBatch:
-    g = torch.Generator().manual_seed(0)
-    src_mask = torch.arange(4)[None] < torch.tensor([4, 3, 2])[:, None]
-    src = torch.randint(4, VOCAB, (3, 4), generator=g).masked_fill(~src_mask, 0)
-    return Seq2SeqBatch(src_ids=src, src_mask=src_mask, index=torch.arange(3), src_text=[""] * 3)
+    return make_batch(3)
 
 
 @pytest.mark.parametrize("length_predictor", [False, True])
 def test_one_row_per_step_and_the_last_estimate_is_the_output(length_predictor: bool) -> None:
-    module = make_module(length_predictor)
+    module = trace_module(length_predictor)
     decoding = module.decoding.replace(length_beam=2) if length_predictor else module.decoding.replace(noise_beam=2)
     rows = chain_trace(module, [batch(), batch()], decoding)
     assert [r.step for r in rows] == [1, 2, 3, 4, 5]
@@ -71,7 +38,7 @@ def test_one_row_per_step_and_the_last_estimate_is_the_output(length_predictor: 
 
 def test_for_ddim_the_last_estimate_is_the_output() -> None:
     # What the trace scores against: the argmax of the last denoiser call equals the tokens the sampler returns.
-    module = make_module(True).eval()
+    module = trace_module(True).eval()
     b = batch()
     cond = module.denoiser.encode(b.src_ids, b.src_mask)
     estimates = []
@@ -84,7 +51,7 @@ def test_for_ddim_the_last_estimate_is_the_output() -> None:
 
 
 def test_the_trace_does_not_change_what_is_decoded() -> None:
-    module = make_module(True)
+    module = trace_module(True)
     before = module.generate(batch().src_ids, batch().src_mask, torch.Generator().manual_seed(0))
     chain_trace(module, [batch()])
     after = module.generate(batch().src_ids, batch().src_mask, torch.Generator().manual_seed(0))
@@ -117,6 +84,6 @@ def test_only_the_hypothesis_counts_not_what_follows_its_first_end_token() -> No
 def test_guided_decodings_are_refused() -> None:
     from lightning_diffusion.guidance import ClassifierFreeGuidance
 
-    module = make_module(True)
+    module = trace_module(True)
     with pytest.raises(ValueError, match="unguided"):
         chain_trace(module, [batch()], Decoding(sampler=DDIMSampler(steps=2), guidance=ClassifierFreeGuidance(2.0)))

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import pytest
 import torch
+from tiny_continuous import make_batch, make_module, record_calls
 from torch import Tensor
 
 from lightning_diffusion import DiffusionLM
-from lightning_diffusion.denoisers import EncoderDecoderDenoiser
-from lightning_diffusion.length import LengthPredictor
-from lightning_diffusion.losses import X0MSE, AnchorNLL, LengthNLL
 from lightning_diffusion.schedules import AdaptiveSchedule, SqrtSchedule
-from lightning_diffusion.types import Seq2SeqBatch
 from lightning_diffusion.unrolled_denoising import UnrolledDenoising
-
-VOCAB = 40
 
 
 def test_a_perfect_denoiser_gives_the_forward_process_with_the_same_noise() -> None:
@@ -61,62 +55,16 @@ def test_gap_is_at_least_one_step_and_arguments_are_checked() -> None:
     assert UnrolledDenoising(probability=1.0).applies()
 
 
-class WordTokenizer:
-    pad_token_id, eos_token_id = 0, 3
-
-    def __len__(self) -> int:
-        return VOCAB
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return " ".join(f"w{i}" for i in ids if not (skip_special_tokens and i < 4))
-
-
-def make_module(unrolled: UnrolledDenoising | None, schedule: Any = None) -> DiffusionLM:
-    torch.manual_seed(0)
-    module = DiffusionLM(
-        denoiser=functools.partial(
-            EncoderDecoderDenoiser, latent_dim=8, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2,
-            ffn_dim=32, max_positions=64, dropout=0.0,
-        ),
-        schedule=schedule or SqrtSchedule(40),
-        loss_terms=[X0MSE(), AnchorNLL(), LengthNLL()],
-        length_predictor=functools.partial(LengthPredictor, max_offset=3),
-        vocab_size=VOCAB,
-        unrolled_denoising=unrolled,
-    )  # fmt: skip
-    module.attach_tokenizer(WordTokenizer(), "words")
-    return module
-
-
-def make_batch() -> Seq2SeqBatch:
-    g = torch.Generator().manual_seed(0)
-    src_mask = torch.arange(4)[None] < torch.tensor([4, 3, 2])[:, None]
-    tgt_mask = torch.arange(5)[None] < torch.tensor([5, 2, 3])[:, None]
-    src = torch.randint(4, VOCAB, (3, 4), generator=g).masked_fill(~src_mask, 0)
-    tgt = torch.randint(4, VOCAB, (3, 5), generator=g).masked_fill(~tgt_mask, 0)
-    return Seq2SeqBatch(
-        src_ids=src, src_mask=src_mask, index=torch.arange(3), src_text=[""] * 3, tgt_ids=tgt, tgt_mask=tgt_mask,
-        tgt_text=[""] * 3,
-    )  # fmt: skip
-
-
-def record_calls(module: DiffusionLM, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = []
-    forward = module.denoiser.forward
-
-    def spy(z_t: Tensor, t: Tensor, cond: Any, tgt_mask: Tensor | None = None, self_cond: Tensor | None = None) -> Tensor:
-        out = forward(z_t, t, cond, tgt_mask, self_cond)
-        calls.append({"z_t": z_t, "t": t, "tgt_mask": tgt_mask, "out": out, "grad": torch.is_grad_enabled()})
-        return out
-
-    monkeypatch.setattr(module.denoiser, "forward", spy)
-    return calls
+def unrolled_module(unrolled: UnrolledDenoising | None, schedule: Any = None) -> DiffusionLM:
+    """A length-predictor encoder-decoder model (no self-conditioning) with ``unrolled`` training."""
+    extra = {} if schedule is None else {"schedule": schedule}
+    return make_module("encoder_decoder", self_conditioning=False, length_mode=True, unrolled_denoising=unrolled, **extra)
 
 
 def test_training_denoises_its_own_earlier_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = make_module(UnrolledDenoising(probability=1.0, gap=0.1)).train()
+    module = unrolled_module(UnrolledDenoising(probability=1.0, gap=0.1)).train()
     calls = record_calls(module, monkeypatch)
-    batch = make_batch()
+    batch = make_batch(3)
     loss, *_ = module.compute_losses(batch)
     first, second = calls
     assert not first["grad"] and second["grad"]
@@ -132,19 +80,19 @@ def test_training_denoises_its_own_earlier_estimate(monkeypatch: pytest.MonkeyPa
 
 
 def test_validation_and_a_lost_coin_run_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = make_module(UnrolledDenoising(probability=1.0)).eval()
+    module = unrolled_module(UnrolledDenoising(probability=1.0)).eval()
     calls = record_calls(module, monkeypatch)
-    module.compute_losses(make_batch())
+    module.compute_losses(make_batch(3))
     assert len(calls) == 1  # evaluation losses score the noised truth
-    module = make_module(UnrolledDenoising(probability=0.0)).train()
+    module = unrolled_module(UnrolledDenoising(probability=0.0)).train()
     calls = record_calls(module, monkeypatch)
-    module.compute_losses(make_batch())
+    module.compute_losses(make_batch(3))
     assert len(calls) == 1
 
 
 def test_the_adaptive_schedule_only_observes_the_noised_truth(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = make_module(UnrolledDenoising(probability=1.0), schedule=AdaptiveSchedule(40)).train()
+    module = unrolled_module(UnrolledDenoising(probability=1.0), schedule=AdaptiveSchedule(40)).train()
     observed: list[Tensor] = []
     monkeypatch.setattr(module.schedule, "observe", lambda t, error, mask: observed.append(t))
-    module.compute_losses(make_batch())
+    module.compute_losses(make_batch(3))
     assert observed == []
