@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from lightning_diffusion.denoisers.encoder_decoder import TransformerEncoder
 from lightning_diffusion.denoisers.layers import KVCache, TransformerLayer
+from lightning_diffusion.output_vocabulary import OutputVocabulary
 from lightning_diffusion.types import Conditioning
 
 
@@ -58,6 +59,11 @@ class TransformerSeq2Seq(nn.Module):
         self.output_proj = nn.Linear(hidden_dim, vocab_size, bias=False)
         if tie_embeddings:
             self.output_proj.weight = self.token_embedding.weight
+        self.output_vocabulary: OutputVocabulary | None = None
+
+    def restrict_output(self, vocabulary: OutputVocabulary) -> None:
+        """Score only ``vocabulary``'s ids in the output head (the others get its fill logit)."""
+        self.output_vocabulary = vocabulary
 
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:
         """Run the encoder: ids ``[B, S]`` with mask ``[B, S]`` (True = real) -> hidden ``[B, S, H]``."""
@@ -71,6 +77,8 @@ class TransformerSeq2Seq(nn.Module):
         return self.dropout(self.token_embedding(ids) * self.scale + self.position_embedding(positions))
 
     def _project(self, x: Tensor) -> Tensor:
+        if self.output_vocabulary is not None:
+            return self.output_vocabulary.logits(self.norm(x), self.output_proj.weight, self.output_proj.bias)
         return self.output_proj(self.norm(x))
 
     def output_logits(self, hidden: Tensor) -> Tensor:

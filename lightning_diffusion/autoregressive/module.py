@@ -8,15 +8,17 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
 from lightning_diffusion.autoregressive.search import GreedySearch, Search
 from lightning_diffusion.decoding import Decoding, DecodingError
+from lightning_diffusion.output_vocabulary import OutputVocabulary, fit_output_vocabulary
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.types import Seq2SeqBatch, scatter_rows
 
-_INJECTED = ["network", "search", "optimizer", "lr_scheduler"]
+_INJECTED = ["network", "search", "optimizer", "lr_scheduler", "output_vocabulary"]
 
 
 class AutoregressiveLM(Seq2SeqModule):
@@ -39,6 +41,9 @@ class AutoregressiveLM(Seq2SeqModule):
         log_samples: decoded validation samples printed after each validation.
         decode_seed: kept for the shared interface (the searches are deterministic).
         decode_during_validation: decode and score BLEU/ROUGE in validation (else only the loss).
+        output_vocabulary: score only the training targets' ids in the output head
+            (:class:`~lightning_diffusion.output_vocabulary.OutputVocabulary`, fitted before training; label
+            smoothing then spreads its mass over those ids); None = the whole vocabulary.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class AutoregressiveLM(Seq2SeqModule):
         log_samples: int = 3,
         decode_seed: int = 0,
         decode_during_validation: bool = True,
+        output_vocabulary: OutputVocabulary | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -63,6 +69,8 @@ class AutoregressiveLM(Seq2SeqModule):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.network = network(vocab_size)
+        if output_vocabulary is not None:
+            self.network.restrict_output(output_vocabulary)
         self.decoding = Decoding(search=search if search is not None else GreedySearch())
         self.label_smoothing = label_smoothing
         self.max_length = max_length
@@ -106,12 +114,22 @@ class AutoregressiveLM(Seq2SeqModule):
         # The head and softmax at the real target positions only (padding is scored by nothing).
         log_probs = F.log_softmax(self.network.output_logits(hidden[mask]).float(), dim=-1)  # [N, V]
         nll_rows = -log_probs.gather(-1, target[mask][:, None]).squeeze(-1)  # [N]
-        smooth_rows = -log_probs.mean(-1)  # [N] cross-entropy against the uniform distribution
+        vocabulary = self.network.output_vocabulary
+        kept = log_probs if vocabulary is None else vocabulary.kept(log_probs)  # the ids that have probability
+        smooth_rows = -kept.mean(-1)  # [N] cross-entropy against the uniform distribution over them
         per_token = (1.0 - self.label_smoothing) * nll_rows + self.label_smoothing * smooth_rows
         count = max(per_token.numel(), 1)
         loss = per_token.sum() / count
         nll = scatter_rows(nll_rows.detach(), mask)  # [B, L], 0 at padding
         return loss, {"nll": nll_rows.detach().sum() / count}, nll, mask
+
+    def on_fit_start(self) -> None:
+        """Fit the output vocabulary on the training targets, unless there is none or a checkpoint brought it."""
+        super().on_fit_start()
+        ids = self.special_ids
+        line = fit_output_vocabulary(self.network.output_vocabulary, self.trainer, self.vocab_size, (ids.eos, ids.pad))
+        if line is not None:
+            rank_zero_info(line)
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, terms, _, _ = self.compute_losses(batch)

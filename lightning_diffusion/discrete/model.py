@@ -41,13 +41,14 @@ from lightning_diffusion.guidance.base import Guidance, check_guidance
 from lightning_diffusion.guidance.condition_dropout import drop_condition, null_condition_parameter
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import LengthNLL, LossTerm
+from lightning_diffusion.output_vocabulary import OutputVocabulary, fit_output_vocabulary
 from lightning_diffusion.selection import CandidateSelection, MBRSelection
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.types import Conditioning, Seq2SeqBatch, masked_mean
 
 _INJECTED = [
     "denoiser", "corruption", "schedule", "loss_terms", "sampler", "length_predictor", "selection", "optimizer",
-    "lr_scheduler", "guidance", "glancing",
+    "lr_scheduler", "guidance", "glancing", "output_vocabulary",
 ]  # fmt: skip
 
 
@@ -95,6 +96,10 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         glancing: GLAT's glancing sampling (:class:`~lightning_diffusion.discrete.glancing.Glancing`) in place of the
             random corruption level for (a share of) the training examples; None = off. Costs one extra forward
             pass without gradient per training step.
+        output_vocabulary: score only the training targets' ids in the denoiser's output head
+            (:class:`~lightning_diffusion.output_vocabulary.OutputVocabulary`, fitted before training with the
+            schedule's statistics); None = the whole vocabulary. Loss terms with label smoothing are refused with
+            it (their smoothing would spread mass over ids that have no probability).
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         condition_dropout: float = 0.0,
         guidance: Guidance | None = None,
         glancing: Glancing | None = None,
+        output_vocabulary: OutputVocabulary | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -131,6 +137,8 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         if not 0.0 < time_epsilon < 1.0:
             raise ValueError(f"DiscreteDiffusionLM: time_epsilon must be in (0, 1), got {time_epsilon}")
         self.denoiser = denoiser(vocab_size)
+        if output_vocabulary is not None:
+            self.denoiser.restrict_output(output_vocabulary)
         self.corruption = corruption if corruption is not None else AbsorbingCorruption()
         self.schedule = schedule if schedule is not None else LinearMasking()
         self.loss_terms = nn.ModuleList(loss_terms if loss_terms is not None else [MaskedDiffusionELBO()])
@@ -170,6 +178,12 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 raise ValueError(
                     f"loss term {type(term).__name__} is the absorbing-state ELBO; with {self.corruption.describe()} use "
                     "ReweightedCrossEntropy or D3PMHybrid"
+                )
+            if self.denoiser.output_vocabulary is not None and getattr(term, "label_smoothing", 0.0) > 0.0:
+                raise ValueError(
+                    f"loss term {term.name}: label_smoothing {term.label_smoothing} spreads mass over the whole vocabulary, "
+                    "but with an output_vocabulary the dropped ids have no probability; set label_smoothing 0 or drop "
+                    "the output_vocabulary"
                 )
 
     @property
@@ -220,9 +234,13 @@ class DiscreteDiffusionLM(Seq2SeqModule):
 
     # ------------------------------------------------------------------ statistics
     def on_fit_start(self) -> None:
-        """Fit the schedule's statistics on the training targets, unless a checkpoint brought them (this hook runs
-        after Lightning restored a resumed run's checkpoint; ``setup`` runs before)."""
+        """Fit the schedule's statistics and the output vocabulary on the training targets, unless a checkpoint
+        brought them (this hook runs after Lightning restored a resumed run's checkpoint; ``setup`` runs before)."""
         super().on_fit_start()
+        ids = self.special_ids
+        line = fit_output_vocabulary(self.denoiser.output_vocabulary, self.trainer, self.vocab_size, (ids.eos, ids.pad))
+        if line is not None:
+            rank_zero_info(line)
         if not self.schedule.needs_statistics or self.schedule.fitted:
             return
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diffusion.denoisers.layers import TimestepEmbedding
+from lightning_diffusion.output_vocabulary import OutputVocabulary
 from lightning_diffusion.types import Conditioning
 
 
@@ -41,6 +42,11 @@ class TokenDenoiser(nn.Module, ABC):
         self.scale = hidden_dim**0.5
         self.time_conditioning = time_conditioning
         self.time_embedding = TimestepEmbedding(hidden_dim) if time_conditioning else None
+        self.output_vocabulary: OutputVocabulary | None = None
+
+    def restrict_output(self, vocabulary: OutputVocabulary) -> None:
+        """Score only ``vocabulary``'s ids in :meth:`output_logits` (the others get its fill logit)."""
+        self.output_vocabulary = vocabulary
 
     @property
     def mask_id(self) -> int:
@@ -59,7 +65,9 @@ class TokenDenoiser(nn.Module, ABC):
         return None if self.time_embedding is None else self.time_embedding(t.float() * 1000.0)
 
     def output_logits(self, hidden: Tensor) -> Tensor:
-        """Tied output head: ``[..., H]`` -> ``[..., V]``."""
+        """Tied output head: ``[..., H]`` -> ``[..., V]`` (over the :class:`OutputVocabulary` only, when set)."""
+        if self.output_vocabulary is not None:
+            return self.output_vocabulary.logits(hidden, self.token_embedding.weight, self.output_bias)
         return F.linear(hidden, self.token_embedding.weight, self.output_bias)
 
     @abstractmethod

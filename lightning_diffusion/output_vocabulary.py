@@ -1,0 +1,100 @@
+"""The output head over the training targets' vocabulary only (a target dictionary over a joined BPE)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_diffusion.arguments import check_at_least
+
+
+class OutputVocabulary(nn.Module):
+    """The token ids an output head scores: those seen at least ``min_count`` times in the training targets.
+
+    Source and target share one tokenizer (and the tied embedding), so a translation model's ``[N, H] x [H, V]``
+    head spends most of its work on source-language pieces it never has to predict: on Multi30k En->De with the
+    10,000-piece joint vocabulary the (distilled) German targets use 3,903 ids. Fairseq gets the same effect from a
+    separate target dictionary. With ``V'`` kept ids the head computes ``[N, V']`` and returns ``[N, V]`` logits
+    holding ``fill`` at the other ids (a finite value far below any real logit, so their softmax probability is
+    exactly 0 in float32 and bfloat16, and entropies / ``p log p`` stay finite), so every loss, sampler and search
+    reads the usual ``[..., V]`` shape. Gradients reach the kept rows of the embedding only (the dropped rows still
+    learn as source and input embeddings).
+
+    The ids are data statistics: fitted once before training from the training targets' token counts (the model
+    does it in ``on_fit_start``), stored as a buffer, so checkpoints, exports and resumed runs carry them. An
+    unfitted vocabulary (a model built but never trained) scores every id.
+
+    Args:
+        min_count: keep ids seen at least this many times in the training targets (1 = every id seen).
+        fill: the logit of the dropped ids.
+    """
+
+    def __init__(self, min_count: int = 1, fill: float = -1.0e4) -> None:
+        super().__init__()
+        check_at_least("OutputVocabulary", 1, min_count=min_count)
+        if not fill < -100.0:
+            raise ValueError(f"OutputVocabulary: fill must be < -100 (far below any real logit), got {fill}")
+        self.min_count = min_count
+        self.fill = fill
+        self.register_buffer("ids", torch.zeros(0, dtype=torch.long))  # [V'] sorted, empty until fit()
+
+    @property
+    def fitted(self) -> bool:
+        return self.ids.numel() > 0
+
+    def fit(self, token_counts: Tensor, keep: Iterable[int] = ()) -> None:
+        """Keep the ids with ``token_counts[id] >= min_count`` (``[V]``, the training targets' counts) and the
+        ``keep`` ids (end and padding tokens a model must be able to emit)."""
+        counts = token_counts.flatten()
+        chosen = counts >= self.min_count
+        for index in keep:
+            if not 0 <= index < counts.numel():
+                raise ValueError(f"OutputVocabulary: keep id {index} is outside the vocabulary of {counts.numel()}")
+            chosen[index] = True
+        if not bool(chosen.any()):
+            raise ValueError(f"OutputVocabulary: no token id occurs {self.min_count}+ times in the training targets")
+        self.ids = chosen.nonzero().flatten().to(self.ids.device)
+
+    def logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``[..., H]`` -> ``[..., V]``: ``hidden @ weight[ids].T (+ bias[ids])`` at the kept ids, ``fill`` elsewhere
+        (``weight`` ``[V, H]``, ``bias`` ``[V]``); the full ``F.linear`` while unfitted."""
+        if not self.fitted:
+            return F.linear(hidden, weight, bias)
+        kept = F.linear(hidden, weight.index_select(0, self.ids), None if bias is None else bias.index_select(0, self.ids))
+        out = kept.new_full((*hidden.shape[:-1], weight.shape[0]), self.fill)
+        return out.index_copy(-1, self.ids, kept)
+
+    def kept(self, log_probs: Tensor) -> Tensor:
+        """The columns of ``[..., V]`` log-probabilities at the kept ids (all while unfitted): what label
+        smoothing averages over, since the dropped ids have no probability."""
+        return log_probs.index_select(-1, self.ids) if self.fitted else log_probs
+
+    def describe(self) -> str:
+        size = f"{self.ids.numel()} ids" if self.fitted else "not fitted"
+        return f"OutputVocabulary(min_count={self.min_count}: {size})"
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        stored = state_dict.get(prefix + "ids")
+        if stored is not None and stored.shape != self.ids.shape:
+            self.ids = torch.empty_like(stored, device=self.ids.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def fit_output_vocabulary(vocabulary: OutputVocabulary | None, trainer: Any, vocab_size: int, keep: Iterable[int]) -> str | None:
+    """Fit ``vocabulary`` on the training targets of ``trainer``'s data module unless it is None or already fitted
+    (a resumed run's checkpoint brought the ids). Returns a line for the log, or None when nothing was done."""
+    if vocabulary is None or vocabulary.fitted:
+        return None
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not callable(getattr(datamodule, "target_token_counts", None)):
+        raise ValueError("OutputVocabulary needs the training targets' token counts: use a data module with target_token_counts()")
+    counts = datamodule.target_token_counts(vocab_size)
+    vocabulary.fit(counts, keep)
+    return f"{vocabulary.describe()} of {vocab_size}: the output head scores the ids of the training targets only"
+
+
+__all__ = ["OutputVocabulary", "fit_output_vocabulary"]
