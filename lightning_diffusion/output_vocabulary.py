@@ -19,10 +19,13 @@ class OutputVocabulary(nn.Module):
     head spends most of its work on source-language pieces it never has to predict: on Multi30k En->De with the
     10,000-piece joint vocabulary the (distilled) German targets use 3,903 ids. Fairseq gets the same effect from a
     separate target dictionary. With ``V'`` kept ids the head computes ``[N, V']`` and returns ``[N, V]`` logits
-    holding ``fill`` at the other ids (a finite value far below any real logit, so their softmax probability is
-    exactly 0 in float32 and bfloat16, and entropies / ``p log p`` stay finite), so every loss, sampler and search
-    reads the usual ``[..., V]`` shape. Gradients reach the kept rows of the embedding only (the dropped rows still
-    learn as source and input embeddings).
+    holding ``-inf`` at the other ids (softmax probability exactly 0, never drawn, never argmax), so every loss,
+    sampler and search reads the usual ``[..., V]`` shape. (A large finite fill such as ``-1e4`` would be as exact
+    but slow: ``exp`` of arguments below about -88 takes a slow path on x86 CPUs, ~10x the time of ``exp(-inf)``,
+    and every softmax over the fill paid it.) A term that multiplies probabilities by log-probabilities over the
+    whole vocabulary must use ``torch.special.xlogy`` (``0 * -inf`` is NaN); label smoothing must average over the
+    kept ids (:meth:`kept`). Gradients reach the kept rows of the embedding only (the dropped rows still learn as
+    source and input embeddings).
 
     The ids are data statistics: fitted once before training from the training targets' token counts (the model
     does it in ``on_fit_start``), stored as a buffer, so checkpoints, exports and resumed runs carry them. An
@@ -30,16 +33,12 @@ class OutputVocabulary(nn.Module):
 
     Args:
         min_count: keep ids seen at least this many times in the training targets (1 = every id seen).
-        fill: the logit of the dropped ids.
     """
 
-    def __init__(self, min_count: int = 1, fill: float = -1.0e4) -> None:
+    def __init__(self, min_count: int = 1) -> None:
         super().__init__()
         check_at_least("OutputVocabulary", 1, min_count=min_count)
-        if not fill < -100.0:
-            raise ValueError(f"OutputVocabulary: fill must be < -100 (far below any real logit), got {fill}")
         self.min_count = min_count
-        self.fill = fill
         self.register_buffer("ids", torch.zeros(0, dtype=torch.long))  # [V'] sorted, empty until fit()
 
     @property
@@ -60,12 +59,12 @@ class OutputVocabulary(nn.Module):
         self.ids = chosen.nonzero().flatten().to(self.ids.device)
 
     def logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """``[..., H]`` -> ``[..., V]``: ``hidden @ weight[ids].T (+ bias[ids])`` at the kept ids, ``fill`` elsewhere
+        """``[..., H]`` -> ``[..., V]``: ``hidden @ weight[ids].T (+ bias[ids])`` at the kept ids, ``-inf`` elsewhere
         (``weight`` ``[V, H]``, ``bias`` ``[V]``); the full ``F.linear`` while unfitted."""
         if not self.fitted:
             return F.linear(hidden, weight, bias)
         kept = F.linear(hidden, weight.index_select(0, self.ids), None if bias is None else bias.index_select(0, self.ids))
-        out = kept.new_full((*hidden.shape[:-1], weight.shape[0]), self.fill)
+        out = kept.new_full((*hidden.shape[:-1], weight.shape[0]), float("-inf"))
         return out.index_copy(-1, self.ids, kept)
 
     def kept(self, log_probs: Tensor) -> Tensor:

@@ -62,7 +62,7 @@ class TransformerSeq2Seq(nn.Module):
         self.output_vocabulary: OutputVocabulary | None = None
 
     def restrict_output(self, vocabulary: OutputVocabulary) -> None:
-        """Score only ``vocabulary``'s ids in the output head (the others get its fill logit)."""
+        """Score only ``vocabulary``'s ids in the output head (the others get logit ``-inf``)."""
         self.output_vocabulary = vocabulary
 
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:

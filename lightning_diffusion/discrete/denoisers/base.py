@@ -45,7 +45,7 @@ class TokenDenoiser(nn.Module, ABC):
         self.output_vocabulary: OutputVocabulary | None = None
 
     def restrict_output(self, vocabulary: OutputVocabulary) -> None:
-        """Score only ``vocabulary``'s ids in :meth:`output_logits` (the others get its fill logit)."""
+        """Score only ``vocabulary``'s ids in :meth:`output_logits` (the others get logit ``-inf``)."""
         self.output_vocabulary = vocabulary
 
     @property

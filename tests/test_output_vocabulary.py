@@ -1,0 +1,131 @@
+"""OutputVocabulary: the output head scores the training targets' ids only; the others have probability 0, get no
+gradient from the head, and the ids travel with checkpoints. Label smoothing spreads over the kept ids (autoregressive)
+or is refused (discrete loss terms)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import RECIPES_DIR, TinyData, fit_tiny
+
+from lightning_diffusion import DiscreteDiffusionLM
+from lightning_diffusion.autoregressive import AutoregressiveLM
+from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
+from lightning_diffusion.discrete import EncoderDecoderTokenDenoiser, ReweightedCrossEntropy
+from lightning_diffusion.output_vocabulary import OutputVocabulary
+from lightning_diffusion.pretrained import export_pretrained, load_pretrained
+
+
+def fitted(counts: list[int], keep: tuple[int, ...] = (), min_count: int = 1) -> OutputVocabulary:
+    vocabulary = OutputVocabulary(min_count=min_count)
+    vocabulary.fit(torch.tensor(counts), keep)
+    return vocabulary
+
+
+def test_fit_keeps_the_ids_seen_min_count_times_and_the_given_specials() -> None:
+    assert fitted([0, 3, 0, 1, 5, 0], keep=(2,)).ids.tolist() == [1, 2, 3, 4]
+    assert fitted([0, 3, 0, 1, 5, 0], min_count=2).ids.tolist() == [1, 4]
+    assert not OutputVocabulary().fitted
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: OutputVocabulary(min_count=0), "min_count"),
+        (lambda: fitted([1, 2], keep=(2,)), "keep id 2"),
+        (lambda: fitted([0, 1], min_count=2), r"no token id occurs 2\+ times"),
+    ],
+)
+def test_bad_settings_are_refused(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_are_the_full_head_at_kept_ids_and_zero_probability_elsewhere(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    vocabulary = fitted([0, 3, 0, 1, 5, 0])
+    weight, bias, hidden = torch.randn(6, 4, dtype=dtype), torch.randn(6, dtype=dtype), torch.randn(2, 3, 4, dtype=dtype)
+    logits = vocabulary.logits(hidden, weight, bias)
+    assert logits.shape == (2, 3, 6) and logits.dtype == dtype
+    full = F.linear(hidden, weight, bias)
+    torch.testing.assert_close(logits[..., [1, 3, 4]], full[..., [1, 3, 4]])
+    probs = logits.float().softmax(-1)
+    assert torch.all(probs[..., [0, 2, 5]] == 0.0)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3))
+    assert torch.all(logits[..., [0, 2, 5]] == float("-inf"))
+    assert torch.isfinite(torch.special.xlogy(probs, probs)).all()  # entropies stay finite with xlogy
+
+
+def test_dropped_rows_get_no_gradient_from_the_head_and_unfitted_scores_every_id() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(6, 4, requires_grad=True)
+    hidden = torch.randn(5, 4)
+    fitted([0, 3, 0, 1, 5, 0]).logits(hidden, weight).log_softmax(-1)[:, 1].sum().backward()
+    assert weight.grad is not None
+    assert torch.all(weight.grad[[0, 2, 5]] == 0) and torch.all(weight.grad[[1, 3, 4]].abs().sum(-1) > 0)
+    torch.testing.assert_close(OutputVocabulary().logits(hidden, weight), F.linear(hidden, weight))
+
+
+def test_the_ids_round_trip_through_a_state_dict_into_an_unfitted_vocabulary() -> None:
+    restored = OutputVocabulary()
+    restored.load_state_dict(fitted([0, 3, 0, 1]).state_dict())
+    assert restored.fitted and restored.ids.tolist() == [1, 3]
+
+
+def test_autoregressive_label_smoothing_spreads_over_the_kept_ids(batch) -> None:
+    torch.manual_seed(0)
+    vocab = int(max(batch.src_ids.max(), batch.tgt_ids.max())) + 5
+    module = AutoregressiveLM(
+        network=lambda v: TransformerSeq2Seq(v, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32, dropout=0.0),
+        vocab_size=vocab,
+        label_smoothing=0.1,
+        output_vocabulary=OutputVocabulary(),
+    )
+    counts = torch.bincount(batch.tgt_ids[batch.tgt_mask], minlength=vocab)
+    module.network.output_vocabulary.fit(counts)
+    ids = module.network.output_vocabulary.ids
+    loss, terms, _, _ = module.compute_losses(batch)
+
+    # By hand: a softmax over the kept ids only, smoothing averaged over them.
+    net = module.network
+    prev = torch.cat([torch.full_like(batch.tgt_ids[:, :1], module.special_ids.bos), batch.tgt_ids[:, :-1]], dim=1)
+    hidden = net.hidden_states(prev, net.encode(batch.src_ids, batch.src_mask))[batch.tgt_mask]
+    log_probs = F.linear(net.norm(hidden), net.output_proj.weight[ids]).log_softmax(-1)  # [N, V']
+    column = torch.searchsorted(ids, batch.tgt_ids[batch.tgt_mask])
+    nll = -log_probs.gather(-1, column[:, None]).squeeze(-1)
+    expected = (0.9 * nll - 0.1 * log_probs.mean(-1)).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(terms["nll"], nll.mean())
+
+
+def test_discrete_loss_terms_with_label_smoothing_are_refused() -> None:
+    with pytest.raises(ValueError, match="label_smoothing 0.1 spreads mass"):
+        DiscreteDiffusionLM(
+            denoiser=lambda v: EncoderDecoderTokenDenoiser(v, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32),
+            loss_terms=[ReweightedCrossEntropy(label_smoothing=0.1)],
+            vocab_size=50,
+            output_vocabulary=OutputVocabulary(),
+        )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "part"),
+    [(RECIPES_DIR / "discrete" / "multi30k_en_de.yaml", "denoiser"), (RECIPES_DIR / "autoregressive" / "multi30k_en_de.yaml", "network")],
+)
+def test_fit_fits_the_ids_on_the_training_targets_and_exports_carry_them(recipe: Path, part: str, tmp_path: Path, tiny_data: TinyData) -> None:
+    cli = fit_tiny(tmp_path / "run", recipe, tiny_data, extra={"model.output_vocabulary": "lightning_diffusion.output_vocabulary.OutputVocabulary"})
+    module, dm = cli.model, cli.datamodule
+    expected = dm.target_token_counts(module.vocab_size) > 0
+    expected[[module.special_ids.eos, module.special_ids.pad]] = True
+    ids = getattr(module, part).output_vocabulary.ids
+    assert ids.tolist() == expected.nonzero().flatten().tolist()
+    assert 0 < ids.numel() < module.vocab_size
+
+    model = load_pretrained(export_pretrained(next((tmp_path / "run").rglob("last.ckpt")), tmp_path / "export"))
+    assert torch.equal(getattr(model, part).output_vocabulary.ids, ids)
+    logits = getattr(model, part).output_logits(torch.randn(3, getattr(model, part).hidden_dim))
+    assert torch.all(logits[:, ~expected] == float("-inf")) and torch.isfinite(logits[:, expected]).all()
