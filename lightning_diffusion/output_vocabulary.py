@@ -67,6 +67,26 @@ class OutputVocabulary(nn.Module):
         out = kept.new_full((*hidden.shape[:-1], weight.shape[0]), float("-inf"))
         return out.index_copy(-1, self.ids, kept)
 
+    def kept_logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``[..., H]`` -> ``[..., V']``: the logits of the kept ids only, column ``k`` for id ``ids[k]`` (all ``V``
+        ids while unfitted). What training losses read: no ``[N, V]`` tensor is built (scattering into one cost
+        more than the smaller product saved)."""
+        if not self.fitted:
+            return F.linear(hidden, weight, bias)
+        return F.linear(hidden, weight.index_select(0, self.ids), None if bias is None else bias.index_select(0, self.ids))
+
+    def columns(self, token_ids: Tensor) -> Tensor:
+        """Token ids (any shape) -> their columns in :meth:`kept_logits`; ``-100`` (cross-entropy's ignore
+        index) for a dropped id. Identity while unfitted."""
+        if not self.fitted:
+            return token_ids
+        index = torch.searchsorted(self.ids, token_ids).clamp_max(self.ids.numel() - 1)
+        return torch.where(self.ids[index] == token_ids, index, torch.full_like(index, -100))
+
+    def token_ids(self, columns: Tensor) -> Tensor:
+        """Columns of :meth:`kept_logits` -> token ids. Identity while unfitted."""
+        return self.ids[columns] if self.fitted else columns
+
     def kept(self, log_probs: Tensor) -> Tensor:
         """The columns of ``[..., V]`` log-probabilities at the kept ids (all while unfitted): what label
         smoothing averages over, since the dropped ids have no probability."""

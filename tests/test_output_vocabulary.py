@@ -1,6 +1,6 @@
 """OutputVocabulary: the output head scores the training targets' ids only; the others have probability 0, get no
-gradient from the head, and the ids travel with checkpoints. Label smoothing spreads over the kept ids (autoregressive)
-or is refused (discrete loss terms)."""
+gradient from the head, and the ids travel with checkpoints. Training losses run the head over the kept ids alone
+([N, V'], label smoothing spread over them) and equal the full head with -inf at the dropped ids."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from conftest import RECIPES_DIR, TinyData, fit_tiny
 from lightning_diffusion import DiscreteDiffusionLM
 from lightning_diffusion.autoregressive import AutoregressiveLM
 from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
-from lightning_diffusion.discrete import EncoderDecoderTokenDenoiser, ReweightedCrossEntropy
+from lightning_diffusion.discrete import (
+    EncoderDecoderTokenDenoiser,
+    ReweightedCrossEntropy,
+    UniformCorruption,
+)
 from lightning_diffusion.output_vocabulary import OutputVocabulary
 from lightning_diffusion.pretrained import export_pretrained, load_pretrained
 
@@ -102,14 +106,60 @@ def test_autoregressive_label_smoothing_spreads_over_the_kept_ids(batch) -> None
     torch.testing.assert_close(terms["nll"], nll.mean())
 
 
-def test_discrete_loss_terms_with_label_smoothing_are_refused() -> None:
-    with pytest.raises(ValueError, match="label_smoothing 0.1 spreads mass"):
+def test_discrete_output_vocabulary_needs_absorbing_corruption() -> None:
+    with pytest.raises(ValueError, match="output_vocabulary needs absorbing corruption"):
         DiscreteDiffusionLM(
             denoiser=lambda v: EncoderDecoderTokenDenoiser(v, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32),
-            loss_terms=[ReweightedCrossEntropy(label_smoothing=0.1)],
+            corruption=UniformCorruption(),
+            loss_terms=[ReweightedCrossEntropy()],
             vocab_size=50,
             output_vocabulary=OutputVocabulary(),
         )
+
+
+def test_kept_columns_map_ids_both_ways() -> None:
+    vocabulary = fitted([0, 3, 0, 1, 5, 0])
+    assert vocabulary.columns(torch.tensor([[1, 4], [3, 0]])).tolist() == [[0, 2], [1, -100]]
+    assert vocabulary.token_ids(torch.tensor([2, 0, 1])).tolist() == [4, 1, 3]
+    torch.manual_seed(0)
+    weight, hidden = torch.randn(6, 4), torch.randn(2, 4)
+    torch.testing.assert_close(vocabulary.kept_logits(hidden, weight), vocabulary.logits(hidden, weight)[:, [1, 3, 4]])
+
+
+def test_discrete_losses_over_the_kept_ids_equal_the_full_head_with_minus_inf(batch) -> None:
+    """The reweighted cross-entropy (with label smoothing over the kept ids) on the [N, V'] head equals, by hand,
+    the cross-entropy of the renormalised full-head distribution; a loss where a target is dropped is refused."""
+    torch.manual_seed(0)
+    vocab = int(max(batch.src_ids.max(), batch.tgt_ids.max())) + 5
+    module = DiscreteDiffusionLM(
+        denoiser=lambda v: EncoderDecoderTokenDenoiser(v, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32, dropout=0.0),
+        loss_terms=[ReweightedCrossEntropy(floor=1.0, label_smoothing=0.1, token_mean=True)],
+        vocab_size=vocab,
+        output_vocabulary=OutputVocabulary(),
+    )
+    module.denoiser.output_vocabulary.fit(torch.bincount(batch.tgt_ids[batch.tgt_mask], minlength=vocab), (module.special_ids.pad,))
+    ids = module.denoiser.output_vocabulary.ids
+    captured = {}
+    original = module.loss_terms[0].forward
+
+    def spy(inputs):
+        captured["inputs"] = inputs
+        return original(inputs)
+
+    module.loss_terms[0].forward = spy
+    module.train()
+    loss, _ = module.compute_losses(batch)
+    inputs = captured["inputs"]
+    rows = inputs.hidden[inputs.corrupted]
+    full = module.denoiser.output_logits(rows).float()  # [N, V], -inf outside
+    log_probs = full.log_softmax(-1)[:, ids]
+    targets = torch.searchsorted(ids, inputs.x0[inputs.corrupted])
+    expected_rows = 0.9 * -log_probs.gather(-1, targets[:, None]).squeeze(-1) - 0.1 * log_probs.mean(-1)
+    torch.testing.assert_close(loss, expected_rows.sum() / inputs.corrupted.sum())
+
+    module.denoiser.output_vocabulary.fit(torch.ones(vocab, dtype=torch.long).index_fill(0, batch.tgt_ids[0, :1], 0))
+    with pytest.raises(ValueError, match="outside the output vocabulary"):
+        module.compute_losses(batch)
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,17 @@ class TransformerSeq2Seq(nn.Module):
             return self.output_vocabulary.logits(self.norm(x), self.output_proj.weight, self.output_proj.bias)
         return self.output_proj(self.norm(x))
 
+    def kept_logits(self, hidden: Tensor) -> Tensor:
+        """Decoder states ``[..., H]`` -> ``[..., V']``: the head over the :class:`OutputVocabulary`'s ids only
+        (``V' = V`` without one); :meth:`kept_columns` maps token ids to its columns."""
+        if self.output_vocabulary is not None:
+            return self.output_vocabulary.kept_logits(self.norm(hidden), self.output_proj.weight, self.output_proj.bias)
+        return self.output_proj(self.norm(hidden))
+
+    def kept_columns(self, token_ids: Tensor) -> Tensor:
+        """Token ids -> columns of :meth:`kept_logits` (``-100`` for an id outside the output vocabulary)."""
+        return token_ids if self.output_vocabulary is None else self.output_vocabulary.columns(token_ids)
+
     def output_logits(self, hidden: Tensor) -> Tensor:
         """The output head: decoder states ``[..., H]`` (before the final norm) -> next-token logits ``[..., V]``."""
         return self._project(hidden)

@@ -112,11 +112,14 @@ class AutoregressiveLM(Seq2SeqModule):
         cond = self.network.encode(batch.src_ids, batch.src_mask)
         hidden = self.network.hidden_states(prev_ids, cond)  # [B, L, H]
         # The head and softmax at the real target positions only (padding is scored by nothing).
-        log_probs = F.log_softmax(self.network.output_logits(hidden[mask]).float(), dim=-1)  # [N, V]
-        nll_rows = -log_probs.gather(-1, target[mask][:, None]).squeeze(-1)  # [N]
-        vocabulary = self.network.output_vocabulary
-        kept = log_probs if vocabulary is None else vocabulary.kept(log_probs)  # the ids that have probability
-        smooth_rows = -kept.mean(-1)  # [N] cross-entropy against the uniform distribution over them
+        # Over the output vocabulary's ids only, where there is one ([N, V'], no [N, V] tensor): the other ids
+        # have no probability, and label smoothing spreads over the ids that have.
+        log_probs = F.log_softmax(self.network.kept_logits(hidden[mask]).float(), dim=-1)  # [N, V']
+        columns = self.network.kept_columns(target[mask])  # [N]
+        if self.training and bool((columns < 0).any()):
+            raise ValueError(f"training target id {int(target[mask][columns < 0][0])} is outside the output vocabulary fitted before training")
+        nll_rows = F.nll_loss(log_probs, columns, reduction="none")  # [N]; evaluation: 0 for an id it cannot emit
+        smooth_rows = -log_probs.mean(-1)  # [N] cross-entropy against the uniform distribution
         per_token = (1.0 - self.label_smoothing) * nll_rows + self.label_smoothing * smooth_rows
         count = max(per_token.numel(), 1)
         loss = per_token.sum() / count

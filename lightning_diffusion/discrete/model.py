@@ -98,8 +98,8 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             pass without gradient per training step.
         output_vocabulary: score only the training targets' ids in the denoiser's output head
             (:class:`~lightning_diffusion.output_vocabulary.OutputVocabulary`, fitted before training with the
-            schedule's statistics); None = the whole vocabulary. Loss terms with label smoothing are refused with
-            it (their smoothing would spread mass over ids that have no probability).
+            schedule's statistics); None = the whole vocabulary. Losses and the re-masking samplers then compute the
+            head over those ids alone (label smoothing spreads over them). Absorbing corruption only.
     """
 
     def __init__(
@@ -140,6 +140,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         if output_vocabulary is not None:
             self.denoiser.restrict_output(output_vocabulary)
         self.corruption = corruption if corruption is not None else AbsorbingCorruption()
+        if output_vocabulary is not None and not self.corruption.absorbing:
+            raise ValueError(
+                f"output_vocabulary needs absorbing corruption (got {self.corruption.describe()}): a corruption that "
+                "replaces tokens puts ids into x_t whose posterior the head must score over the whole vocabulary"
+            )
         self.schedule = schedule if schedule is not None else LinearMasking()
         self.loss_terms = nn.ModuleList(loss_terms if loss_terms is not None else [MaskedDiffusionELBO()])
         self._check_loss_terms()
@@ -178,12 +183,6 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 raise ValueError(
                     f"loss term {type(term).__name__} is the absorbing-state ELBO; with {self.corruption.describe()} use "
                     "ReweightedCrossEntropy or D3PMHybrid"
-                )
-            if self.denoiser.output_vocabulary is not None and getattr(term, "label_smoothing", 0.0) > 0.0:
-                raise ValueError(
-                    f"loss term {term.name}: label_smoothing {term.label_smoothing} spreads mass over the whole vocabulary, "
-                    "but with an output_vocabulary the dropped ids have no probability; set label_smoothing 0 or drop "
-                    "the output_vocabulary"
                 )
 
     @property
@@ -283,6 +282,13 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         target, real, attention_mask = self.training_targets(batch)
         # A canvas model also learns the padding it must produce; a length-predictor model only the real target.
         loss_mask = torch.ones_like(real) if attention_mask is None else real
+        if self.training and self.denoiser.output_vocabulary is not None:
+            outside = self.denoiser.kept_columns(target)[loss_mask.bool()] < 0
+            if bool(outside.any()):
+                raise ValueError(
+                    f"training target id {int(target[loss_mask.bool()][outside][0])} is outside the output vocabulary "
+                    "fitted before training (were the training targets changed after it was fitted?)"
+                )
         if self.length_predictor is not None:
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
@@ -301,7 +307,8 @@ class DiscreteDiffusionLM(Seq2SeqModule):
             x0=target,
             x_t=x_t,
             hidden=self.denoiser.hidden_states(x_t, t, cond, attention_mask),
-            head=self.denoiser.output_logits,
+            head=self.denoiser.kept_logits,
+            columns=self.denoiser.kept_columns,
             mask=loss_mask,
             t=t,
             alpha_t=alpha_t,
@@ -334,7 +341,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         scored = loss_mask.bool()
         with torch.no_grad():  # the head at the scored positions only (a length model's padding needs no pick)
             hidden = self.denoiser.hidden_states(prior, torch.ones(b, device=target.device), cond, attention_mask)
-            picks = target.masked_scatter(scored, self.denoiser.output_logits(hidden[scored]).argmax(-1))
+            picks = target.masked_scatter(scored, self.denoiser.kept_ids(self.denoiser.kept_logits(hidden[scored]).argmax(-1)))
         keep = self.glancing.revealed(picks, target, scored, self.global_step)
         clean_share = keep.sum(-1).float() / scored.sum(-1).clamp_min(1).float()
         glanced_t = self.schedule.time_at(clean_share).clamp(self.time_epsilon, 1.0)

@@ -64,6 +64,21 @@ class TokenDenoiser(nn.Module, ABC):
         """``[B, H]`` embedding of ``t in [0, 1]`` (on a 0..1000 scale), or None without time conditioning."""
         return None if self.time_embedding is None else self.time_embedding(t.float() * 1000.0)
 
+    def kept_logits(self, hidden: Tensor) -> Tensor:
+        """``[..., H]`` -> ``[..., V']``: the head over the :class:`OutputVocabulary`'s ids only (``V' = V`` without
+        one); :meth:`kept_ids` maps its columns back to token ids, :meth:`kept_columns` token ids to columns."""
+        if self.output_vocabulary is not None:
+            return self.output_vocabulary.kept_logits(hidden, self.token_embedding.weight, self.output_bias)
+        return F.linear(hidden, self.token_embedding.weight, self.output_bias)
+
+    def kept_ids(self, columns: Tensor) -> Tensor:
+        """Columns of :meth:`kept_logits` -> token ids."""
+        return columns if self.output_vocabulary is None else self.output_vocabulary.token_ids(columns)
+
+    def kept_columns(self, token_ids: Tensor) -> Tensor:
+        """Token ids -> columns of :meth:`kept_logits` (``-100`` for an id outside the output vocabulary)."""
+        return token_ids if self.output_vocabulary is None else self.output_vocabulary.columns(token_ids)
+
     def output_logits(self, hidden: Tensor) -> Tensor:
         """Tied output head: ``[..., H]`` -> ``[..., V]`` (over the :class:`OutputVocabulary` only, when set)."""
         if self.output_vocabulary is not None:

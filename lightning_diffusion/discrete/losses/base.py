@@ -27,7 +27,11 @@ class DiscreteLossInputs:
         x0: ``[B, L]`` long, the clean target (canvas) ids.
         x_t: ``[B, L]`` long, the corrupted ids (``mask_id`` = ``V`` where masked).
         hidden: ``[B, L, H]`` the denoiser's states for ``x_t`` (what its output head reads).
-        head: ``[..., H] -> [..., V]``, the denoiser's output head (logits of ``x0``).
+        head: ``[..., H] -> [..., V']``, the denoiser's output head (logits of ``x0``) over its output vocabulary's
+            ``V'`` ids (:meth:`TokenDenoiser.kept_logits`; all ``V`` without one): compare it with
+            :attr:`corrupted_targets` / :attr:`x0_columns`, not with raw ids.
+        columns: token ids (any shape) -> the head's columns (``-100`` for an id it cannot emit; identity without
+            an output vocabulary).
         mask: ``[B, L]`` bool, positions that count in the loss.
         t: ``[B]`` float, the sampled times in ``(0, 1]``.
         alpha_t: ``[B, L]`` the schedule's ``alpha(t)`` per position.
@@ -51,6 +55,18 @@ class DiscreteLossInputs:
     mask_id: int
     length_logits: Tensor | None = None
     length_targets: Tensor | None = None
+    columns: Callable[[Tensor], Tensor] = lambda ids: ids
+
+    @cached_property
+    def x0_columns(self) -> Tensor:
+        """``[B, L]`` long: :attr:`x0` as columns of :attr:`head` (``-100`` where the head cannot emit the id)."""
+        return self.columns(self.x0)
+
+    @cached_property
+    def corrupted_targets(self) -> Tensor:
+        """``[N]`` long: the targets of :attr:`corrupted_logits`' rows, as its columns (``-100``, cross-entropy's
+        ignore index, for an id outside the output vocabulary: only in evaluation, training refuses it)."""
+        return self.x0_columns[self.corrupted]
 
     @cached_property
     def corrupted(self) -> Tensor:
@@ -59,13 +75,13 @@ class DiscreteLossInputs:
 
     @cached_property
     def logits(self) -> Tensor:
-        """``[B, L, V]``: the denoiser's logits of ``x0`` at every position (computed on first use)."""
+        """``[B, L, V']``: the denoiser's logits of ``x0`` at every position (computed on first use)."""
         return self.head(self.hidden)
 
     @cached_property
     def corrupted_logits(self) -> Tensor:
-        """``[N, V]``: the logits at the :attr:`corrupted` positions only, in row-major order (``N`` of them; the
-        order of ``x0[corrupted]``)."""
+        """``[N, V']``: the logits at the :attr:`corrupted` positions only, in row-major order (``N`` of them; the
+        order of ``x0[corrupted]``; their targets are :attr:`corrupted_targets`)."""
         if "logits" in self.__dict__:  # already computed for every position
             return self.logits[self.corrupted]
         return self.head(self.hidden[self.corrupted])

@@ -28,7 +28,7 @@ class MaskedDiffusionELBO(DiscreteLossTerm):
     def forward(self, inputs: DiscreteLossInputs) -> Tensor:
         # Absorbing corruption (``needs_mask_state``): the corrupted positions are exactly the [MASK]ed ones.
         rows = F.cross_entropy(
-            inputs.corrupted_logits.float(), inputs.x0[inputs.corrupted], reduction="none", label_smoothing=self.label_smoothing
+            inputs.corrupted_logits.float(), inputs.corrupted_targets, reduction="none", label_smoothing=self.label_smoothing
         )
         nll = inputs.scatter(rows)  # [B, L], 0 where unmasked (carried over: no loss)
         return (inputs.rate_t * nll).sum(-1) / inputs.mask.to(nll.dtype).sum(-1).clamp_min(1.0)

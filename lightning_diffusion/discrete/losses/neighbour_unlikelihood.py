@@ -20,7 +20,9 @@ class NeighbourUnlikelihood(DiscreteLossTerm):
 
     def forward(self, inputs: DiscreteLossInputs) -> Tensor:
         noisy = inputs.corrupted
-        rows = neighbour_unlikelihood(inputs.corrupted_logits, inputs.x0, noisy, inputs.mask)  # [N]
+        # In the head's columns (an output vocabulary's ids only); a word the head cannot emit is no neighbour.
+        columns = inputs.x0_columns
+        rows = neighbour_unlikelihood(inputs.corrupted_logits, columns, noisy, inputs.mask & (columns >= 0))  # [N]
         per_example = inputs.scatter(rows).sum(-1)
         return per_example / noisy.sum(-1).to(per_example.dtype).mean().clamp_min(1.0)
 

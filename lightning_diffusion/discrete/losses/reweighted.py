@@ -40,7 +40,7 @@ class ReweightedCrossEntropy(DiscreteLossTerm):
     def forward(self, inputs: DiscreteLossInputs) -> Tensor:
         noisy = inputs.corrupted
         rows = F.cross_entropy(  # only the noisy positions count: the head runs on those rows alone
-            inputs.corrupted_logits.float(), inputs.x0[noisy], reduction="none", label_smoothing=self.label_smoothing
+            inputs.corrupted_logits.float(), inputs.corrupted_targets, reduction="none", label_smoothing=self.label_smoothing
         )
         nll = inputs.scatter(rows)  # [B, L]
         lam = 1.0 - (1.0 - self.floor) * inputs.t.to(nll.dtype)

@@ -92,14 +92,15 @@ def predict_positions(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token picks and their probabilities ``[B, L]`` at the positions ``need`` ``[B, L]`` only (0 elsewhere): the
-    network runs over every position, the output head and softmax over the needed rows alone."""
+    network runs over every position, the output head and softmax over the needed rows alone (and over the
+    denoiser's output vocabulary alone, where it has one)."""
     hidden = denoiser.hidden_states(x_t, t, cond, tgt_mask)  # [B, L, H]
     ids = torch.zeros(need.shape, dtype=torch.long, device=need.device)
     probs = torch.zeros(need.shape, device=need.device)
     if bool(need.any()):
-        logits = denoiser.output_logits(hidden[need])[None]  # [1, N, V], ours alone: consumed in place
-        rows_ids, rows_probs = token_choice(logits, temperature, generator, consume=True)
-        ids[need], probs[need] = rows_ids[0], rows_probs[0]
+        logits = denoiser.kept_logits(hidden[need])[None]  # [1, N, V'], ours alone: consumed in place
+        rows_columns, rows_probs = token_choice(logits, temperature, generator, consume=True)
+        ids[need], probs[need] = denoiser.kept_ids(rows_columns[0]), rows_probs[0]
     return ids, probs
 
 
