@@ -86,7 +86,7 @@ class TransformerSeq2Seq(nn.Module):
         (``V' = V`` without one); :meth:`kept_columns` maps token ids to its columns."""
         if self.output_vocabulary is not None:
             return self.output_vocabulary.kept_logits(self.norm(hidden), self.output_proj.weight, self.output_proj.bias)
-        return self.output_proj(self.norm(hidden))
+        return self.output_logits(hidden)
 
     def kept_columns(self, token_ids: Tensor) -> Tensor:
         """Token ids -> columns of :meth:`kept_logits` (``-100`` for an id outside the output vocabulary)."""

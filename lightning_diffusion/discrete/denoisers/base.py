@@ -66,10 +66,11 @@ class TokenDenoiser(nn.Module, ABC):
 
     def kept_logits(self, hidden: Tensor) -> Tensor:
         """``[..., H]`` -> ``[..., V']``: the head over the :class:`OutputVocabulary`'s ids only (``V' = V`` without
-        one); :meth:`kept_ids` maps its columns back to token ids, :meth:`kept_columns` token ids to columns."""
+        one: :meth:`output_logits`, so a subclass that overrides it is used); :meth:`kept_ids` maps its columns back
+        to token ids, :meth:`kept_columns` token ids to columns."""
         if self.output_vocabulary is not None:
             return self.output_vocabulary.kept_logits(hidden, self.token_embedding.weight, self.output_bias)
-        return F.linear(hidden, self.token_embedding.weight, self.output_bias)
+        return self.output_logits(hidden)
 
     def kept_ids(self, columns: Tensor) -> Tensor:
         """Columns of :meth:`kept_logits` -> token ids."""
