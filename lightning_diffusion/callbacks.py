@@ -299,6 +299,12 @@ class EMA(EMAWeightAveraging):
         super().on_train_start(trainer, pl_module)
         self._copy_buffers(pl_module)  # statistics the module's setup() filled in after the average was copied
 
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Before the swap, which copies buffers in place: in the sanity check (before on_train_start) the average
+        # still holds buffers sized before on_fit_start fitted them (output vocabulary, spindle statistics).
+        self._copy_buffers(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._copy_buffers(pl_module)  # before AveragedModel's own buffer copy, which needs equal shapes
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

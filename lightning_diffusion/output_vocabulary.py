@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,14 +18,14 @@ class OutputVocabulary(nn.Module):
 
     Source and target share one tokenizer (and the tied embedding), so a translation model's ``[N, H] x [H, V]``
     head spends most of its work on source-language pieces it never has to predict: on Multi30k En->De with the
-    10,000-piece joint vocabulary the (distilled) German targets use 3,903 ids. Fairseq gets the same effect from a
+    10,000-piece joint vocabulary the (distilled) German targets use 3,904 ids (EOS and padding included). Fairseq gets the same effect from a
     separate target dictionary. With ``V'`` kept ids the head computes ``[N, V']`` and returns ``[N, V]`` logits
     holding ``-inf`` at the other ids (softmax probability exactly 0, never drawn, never argmax), so every loss,
     sampler and search reads the usual ``[..., V]`` shape. (A large finite fill such as ``-1e4`` would be as exact
     but slow: ``exp`` of arguments below about -88 takes a slow path on x86 CPUs, ~10x the time of ``exp(-inf)``,
     and every softmax over the fill paid it.) A term that multiplies probabilities by log-probabilities over the
     whole vocabulary must use ``torch.special.xlogy`` (``0 * -inf`` is NaN); label smoothing must average over the
-    kept ids (:meth:`kept`). Gradients reach the kept rows of the embedding only (the dropped rows still learn as
+    kept ids (the losses read :meth:`kept_logits`, whose columns are exactly those). Gradients reach the kept rows of the embedding only (the dropped rows still learn as
     source and input embeddings).
 
     The ids are data statistics: fitted once before training from the training targets' token counts (the model
@@ -87,33 +88,57 @@ class OutputVocabulary(nn.Module):
         """Columns of :meth:`kept_logits` -> token ids. Identity while unfitted."""
         return self.ids[columns] if self.fitted else columns
 
-    def kept(self, log_probs: Tensor) -> Tensor:
-        """The columns of ``[..., V]`` log-probabilities at the kept ids (all while unfitted): what label
-        smoothing averages over, since the dropped ids have no probability."""
-        return log_probs.index_select(-1, self.ids) if self.fitted else log_probs
-
     def describe(self) -> str:
         size = f"{self.ids.numel()} ids" if self.fitted else "not fitted"
         return f"OutputVocabulary(min_count={self.min_count}: {size})"
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool, missing_keys: list[str], *args: Any
+    ) -> None:
         stored = state_dict.get(prefix + "ids")
         if stored is not None and stored.shape != self.ids.shape:
             self.ids = torch.empty_like(stored, device=self.ids.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+        if stored is None and prefix + "ids" in missing_keys:
+            # A checkpoint trained without an output vocabulary: stay unfitted (every id scored); fit() before
+            # training on it (the model's on_fit_start does).
+            missing_keys.remove(prefix + "ids")
 
 
 def fit_output_vocabulary(vocabulary: OutputVocabulary | None, trainer: Any, vocab_size: int, keep: Iterable[int]) -> str | None:
-    """Fit ``vocabulary`` on the training targets of ``trainer``'s data module unless it is None or already fitted
-    (a resumed run's checkpoint brought the ids). Returns a line for the log, or None when nothing was done."""
-    if vocabulary is None or vocabulary.fitted:
+    """Fit ``vocabulary`` on the training targets of ``trainer``'s data module (unless it is None). Already fitted
+    (a resumed run's checkpoint brought the ids), check that every training target id is among them instead, so
+    that training never meets a target its head cannot emit. Returns a line for the log, or None."""
+    if vocabulary is None:
         return None
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is None or not callable(getattr(datamodule, "target_token_counts", None)):
         raise ValueError("OutputVocabulary needs the training targets' token counts: use a data module with target_token_counts()")
-    counts = datamodule.target_token_counts(vocab_size)
+    counts = datamodule.target_token_counts(vocab_size).to(vocabulary.ids.device)
+    if vocabulary.fitted:
+        seen = (counts >= 1).nonzero().flatten()
+        outside = seen[vocabulary.columns(seen) < 0]
+        if outside.numel() > 0:
+            raise ValueError(
+                f"{outside.numel()} token ids of the training targets (first: {int(outside[0])}) are outside the output "
+                f"vocabulary the checkpoint was fitted with ({vocabulary.ids.numel()} ids): were the training targets or "
+                "the tokenizer changed since? Train on the targets it was fitted on, or start a new run"
+            )
+        return None
     vocabulary.fit(counts, keep)
     return f"{vocabulary.describe()} of {vocab_size}: the output head scores the ids of the training targets only"
 
 
-__all__ = ["OutputVocabulary", "fit_output_vocabulary"]
+def warn_outside_vocabulary(columns: Tensor) -> None:
+    """Warn (once per message) when evaluation targets hold ids the output head cannot emit (``columns`` ``< 0``):
+    their probability is 0, and the losses leave them out rather than report an infinite loss."""
+    outside = int((columns < 0).sum())
+    if outside > 0:
+        warnings.warn(
+            "evaluation targets hold token ids outside the output vocabulary (the model gives them probability 0); "
+            "the evaluation loss leaves those tokens out, so it is not comparable with a model without one",
+            stacklevel=2,
+        )
+
+
+__all__ = ["OutputVocabulary", "fit_output_vocabulary", "warn_outside_vocabulary"]

@@ -15,7 +15,10 @@ from lightning_diffusion import DiscreteDiffusionLM
 from lightning_diffusion.autoregressive import AutoregressiveLM
 from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
 from lightning_diffusion.discrete import (
+    D3PMHybrid,
     EncoderDecoderTokenDenoiser,
+    Glancing,
+    NeighbourUnlikelihood,
     ReweightedCrossEntropy,
     UniformCorruption,
 )
@@ -78,6 +81,27 @@ def test_the_ids_round_trip_through_a_state_dict_into_an_unfitted_vocabulary() -
     restored = OutputVocabulary()
     restored.load_state_dict(fitted([0, 3, 0, 1]).state_dict())
     assert restored.fitted and restored.ids.tolist() == [1, 3]
+    # A checkpoint trained without one (no "ids" key) loads strictly and leaves it unfitted, to be fitted before training.
+    host = torch.nn.Module()
+    host.vocabulary = OutputVocabulary()
+    assert host.load_state_dict({}, strict=True).missing_keys == []
+    assert not host.vocabulary.fitted
+
+
+def test_a_resumed_run_whose_training_targets_left_the_vocabulary_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from lightning_diffusion.output_vocabulary import fit_output_vocabulary
+
+    def trainer(counts: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(datamodule=SimpleNamespace(target_token_counts=lambda size: torch.tensor(counts)))
+
+    vocabulary = OutputVocabulary()
+    assert "3 ids" in fit_output_vocabulary(vocabulary, trainer([0, 3, 0, 1, 5, 0]), 6, ())
+    assert fit_output_vocabulary(vocabulary, trainer([0, 1, 0, 0, 2, 0]), 6, ()) is None  # a subset: fine
+    with pytest.raises(ValueError, match=r"1 token ids of the training targets \(first: 5\)"):
+        fit_output_vocabulary(vocabulary, trainer([0, 1, 0, 0, 2, 7]), 6, ())
+    assert fit_output_vocabulary(None, trainer([1]), 1, ()) is None
 
 
 def test_autoregressive_label_smoothing_spreads_over_the_kept_ids(batch) -> None:
@@ -128,7 +152,7 @@ def test_kept_columns_map_ids_both_ways() -> None:
 
 def test_discrete_losses_over_the_kept_ids_equal_the_full_head_with_minus_inf(batch) -> None:
     """The reweighted cross-entropy (with label smoothing over the kept ids) on the [N, V'] head equals, by hand,
-    the cross-entropy of the renormalised full-head distribution; a loss where a target is dropped is refused."""
+    the cross-entropy of the renormalised full-head distribution."""
     torch.manual_seed(0)
     vocab = int(max(batch.src_ids.max(), batch.tgt_ids.max())) + 5
     module = DiscreteDiffusionLM(
@@ -157,9 +181,37 @@ def test_discrete_losses_over_the_kept_ids_equal_the_full_head_with_minus_inf(ba
     expected_rows = 0.9 * -log_probs.gather(-1, targets[:, None]).squeeze(-1) - 0.1 * log_probs.mean(-1)
     torch.testing.assert_close(loss, expected_rows.sum() / inputs.corrupted.sum())
 
-    module.denoiser.output_vocabulary.fit(torch.ones(vocab, dtype=torch.long).index_fill(0, batch.tgt_ids[0, :1], 0))
-    with pytest.raises(ValueError, match="outside the output vocabulary"):
-        module.compute_losses(batch)
+
+
+def test_every_discrete_term_reads_the_kept_columns_and_evaluation_skips_unknown_targets(batch) -> None:
+    """Neighbour unlikelihood and SUNDAE's unrolled term train on the [N, V'] head; in evaluation a reference id
+    outside the vocabulary warns and is left out (finite loss); D3PM's hybrid loss, which needs every id, is refused."""
+    torch.manual_seed(0)
+    vocab = int(max(batch.src_ids.max(), batch.tgt_ids.max())) + 5
+
+    def build(terms, **kwargs):
+        return DiscreteDiffusionLM(
+            denoiser=lambda v: EncoderDecoderTokenDenoiser(v, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32, dropout=0.0),
+            loss_terms=terms, vocab_size=vocab, output_vocabulary=OutputVocabulary(), **kwargs,
+        )  # fmt: skip
+
+    module = build([ReweightedCrossEntropy(floor=1.0, label_smoothing=0.0), NeighbourUnlikelihood()], unroll_steps=2, glancing=Glancing(0.5))
+    counts = torch.bincount(batch.tgt_ids[batch.tgt_mask], minlength=vocab)
+    module.denoiser.output_vocabulary.fit(counts, (module.special_ids.pad,))
+    module.train()
+    loss, terms = module.compute_losses(batch)
+    assert torch.isfinite(loss) and set(terms) == {"reweighted", "unlikelihood", "unrolled"}
+    loss.backward()
+
+    dropped = int(batch.tgt_ids[0, 0])
+    module.denoiser.output_vocabulary.fit(counts.index_fill(0, torch.tensor([dropped]), 0), (module.special_ids.pad,))
+    module.eval()
+    with pytest.warns(UserWarning, match="outside the output vocabulary"):
+        loss, _ = module.compute_losses(batch)
+    assert torch.isfinite(loss)
+
+    with pytest.raises(ValueError, match="D3PMHybrid scores the posterior over the whole vocabulary"):
+        build([D3PMHybrid()])
 
 
 @pytest.mark.parametrize(
@@ -167,7 +219,8 @@ def test_discrete_losses_over_the_kept_ids_equal_the_full_head_with_minus_inf(ba
     [(RECIPES_DIR / "discrete" / "multi30k_en_de.yaml", "denoiser"), (RECIPES_DIR / "autoregressive" / "multi30k_en_de.yaml", "network")],
 )
 def test_fit_fits_the_ids_on_the_training_targets_and_exports_carry_them(recipe: Path, part: str, tmp_path: Path, tiny_data: TinyData) -> None:
-    cli = fit_tiny(tmp_path / "run", recipe, tiny_data, extra={"model.output_vocabulary": "lightning_diffusion.output_vocabulary.OutputVocabulary"})
+    # The recipes' EMA with the sanity check on: the average must take the fitted ids before it swaps them in.
+    cli = fit_tiny(tmp_path / "run", recipe, tiny_data, extra={"trainer.num_sanity_val_steps": 1})
     module, dm = cli.model, cli.datamodule
     expected = dm.target_token_counts(module.vocab_size) > 0
     expected[[module.special_ids.eos, module.special_ids.pad]] = True

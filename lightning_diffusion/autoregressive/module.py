@@ -14,7 +14,11 @@ from torch import Tensor
 from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
 from lightning_diffusion.autoregressive.search import GreedySearch, Search
 from lightning_diffusion.decoding import Decoding, DecodingError
-from lightning_diffusion.output_vocabulary import OutputVocabulary, fit_output_vocabulary
+from lightning_diffusion.output_vocabulary import (
+    OutputVocabulary,
+    fit_output_vocabulary,
+    warn_outside_vocabulary,
+)
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.types import Seq2SeqBatch, scatter_rows
 
@@ -116,8 +120,8 @@ class AutoregressiveLM(Seq2SeqModule):
         # have no probability, and label smoothing spreads over the ids that have.
         log_probs = F.log_softmax(self.network.kept_logits(hidden[mask]).float(), dim=-1)  # [N, V']
         columns = self.network.kept_columns(target[mask])  # [N]
-        if self.training and bool((columns < 0).any()):
-            raise ValueError(f"training target id {int(target[mask][columns < 0][0])} is outside the output vocabulary fitted before training")
+        if not self.training and self.network.output_vocabulary is not None:
+            warn_outside_vocabulary(columns)
         nll_rows = F.nll_loss(log_probs, columns, reduction="none")  # [N]; evaluation: 0 for an id it cannot emit
         smooth_rows = -log_probs.mean(-1)  # [N] cross-entropy against the uniform distribution
         per_token = (1.0 - self.label_smoothing) * nll_rows + self.label_smoothing * smooth_rows

@@ -41,7 +41,11 @@ from lightning_diffusion.guidance.base import Guidance, check_guidance
 from lightning_diffusion.guidance.condition_dropout import drop_condition, null_condition_parameter
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import LengthNLL, LossTerm
-from lightning_diffusion.output_vocabulary import OutputVocabulary, fit_output_vocabulary
+from lightning_diffusion.output_vocabulary import (
+    OutputVocabulary,
+    fit_output_vocabulary,
+    warn_outside_vocabulary,
+)
 from lightning_diffusion.selection import CandidateSelection, MBRSelection
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.types import Conditioning, Seq2SeqBatch, masked_mean
@@ -179,6 +183,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                     "lightning_diffusion.discrete.losses terms (MaskedDiffusionELBO, ReweightedCrossEntropy, D3PMHybrid) "
                     "and LengthNLL"
                 )
+            if isinstance(term, DiscreteLossTerm) and term.needs_full_vocabulary and self.denoiser.output_vocabulary is not None:
+                raise ValueError(
+                    f"loss term {type(term).__name__} scores the posterior over the whole vocabulary; it cannot be used "
+                    "with an output_vocabulary (drop one of the two)"
+                )
             if isinstance(term, DiscreteLossTerm) and term.needs_mask_state and not self.corruption.absorbing:
                 raise ValueError(
                     f"loss term {type(term).__name__} is the absorbing-state ELBO; with {self.corruption.describe()} use "
@@ -282,13 +291,8 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         target, real, attention_mask = self.training_targets(batch)
         # A canvas model also learns the padding it must produce; a length-predictor model only the real target.
         loss_mask = torch.ones_like(real) if attention_mask is None else real
-        if self.training and self.denoiser.output_vocabulary is not None:
-            outside = self.denoiser.kept_columns(target)[loss_mask.bool()] < 0
-            if bool(outside.any()):
-                raise ValueError(
-                    f"training target id {int(target[loss_mask.bool()][outside][0])} is outside the output vocabulary "
-                    "fitted before training (were the training targets changed after it was fitted?)"
-                )
+        if not self.training and self.denoiser.output_vocabulary is not None:
+            warn_outside_vocabulary(self.denoiser.kept_columns(target)[loss_mask.bool()])
         if self.length_predictor is not None:
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
@@ -354,14 +358,15 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         the draw), denoise again ``unroll_steps - 1`` times, cross-entropy of the last pass over the loss positions.
         Per example ``[B]``."""
         corrupted = inputs.corrupted
-        rows = inputs.corrupted_logits  # [N, V]
+        rows = inputs.corrupted_logits  # [N, V'] over the head's columns
         for _ in range(self.unroll_steps - 1):
             with torch.no_grad():
-                draws = sample_categorical(F.softmax(rows.detach().float(), dim=-1))
+                draws = self.denoiser.kept_ids(sample_categorical(F.softmax(rows.detach().float(), dim=-1)))
             x = inputs.x_t.masked_scatter(corrupted, draws)
-            logits = self.denoiser(x, inputs.t, cond, attention_mask)
+            logits = self.denoiser.kept_logits(self.denoiser.hidden_states(x, inputs.t, cond, attention_mask))  # [B, L, V']
             rows = logits[corrupted]
-        nll = F.cross_entropy(logits.float().transpose(1, 2), inputs.x0, reduction="none")
+        # Targets as columns: one the head cannot emit (evaluation only) is ignored (-100).
+        nll = F.cross_entropy(logits.float().transpose(1, 2), inputs.x0_columns, reduction="none")
         return masked_mean(nll, inputs.mask)
 
     def training_step(self, batch: Seq2SeqBatch, batch_idx: int) -> Tensor:

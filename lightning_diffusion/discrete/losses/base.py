@@ -19,7 +19,7 @@ class DiscreteLossInputs:
     """Everything a discrete loss term may look at for one training batch.
 
     The denoiser's prediction arrives as its last hidden states and its output head, so that a term that scores
-    the corrupted positions only (:attr:`corrupted_logits`, ``[N, V]``) never pays for the ``[B, L, V]`` head and
+    the corrupted positions only (:attr:`corrupted_logits`, ``[N, V']``) never pays for the ``[B, L, V]`` head and
     softmax at the clean ones (with the cosine schedule ~64% of the positions; the head is most of a small model's
     training step). Terms that need every position read :attr:`logits`.
 
@@ -95,10 +95,14 @@ class DiscreteLossTerm(LossTerm):
     """A term of the discrete objective: ``weight * forward(inputs)``, per-example ``[B]``.
 
     Class attributes: ``needs_mask_state`` for terms defined only when the corruption has a ``[MASK]`` state
-    that every corrupted token enters (absorbing); the model checks it when it is built.
+    that every corrupted token enters (absorbing); ``needs_full_vocabulary`` for terms that need the head over all
+    ``V`` ids; the model checks both when it is built.
     """
 
     needs_mask_state: bool = False
+    #: True for terms that read :attr:`DiscreteLossInputs.logits` as a distribution over all ``V`` ids (refused
+    #: with an output vocabulary, whose head has ``V' < V`` columns).
+    needs_full_vocabulary: bool = False
 
     @abstractmethod
     def forward(self, inputs: DiscreteLossInputs) -> Tensor:  # type: ignore[override]

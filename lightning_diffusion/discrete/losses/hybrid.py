@@ -23,6 +23,7 @@ class D3PMHybrid(DiscreteLossTerm):
     """
 
     default_name = "hybrid"
+    needs_full_vocabulary = True  # the posterior over every id
 
     def __init__(self, weight: float = 1.0, num_steps: int = 1000, ce_weight: float = 0.01, name: str | None = None) -> None:
         super().__init__(weight, name)
