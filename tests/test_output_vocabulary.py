@@ -200,7 +200,7 @@ def test_every_discrete_term_reads_the_kept_columns_and_evaluation_skips_unknown
     module.denoiser.output_vocabulary.fit(counts, (module.special_ids.pad,))
     module.train()
     loss, terms = module.compute_losses(batch)
-    assert torch.isfinite(loss) and set(terms) == {"reweighted", "unlikelihood", "unrolled"}
+    assert torch.isfinite(loss) and set(terms) == {"rdm", "unlikelihood", "unrolled"}
     loss.backward()
 
     dropped = int(batch.tgt_ids[0, 0])
