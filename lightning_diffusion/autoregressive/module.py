@@ -131,7 +131,8 @@ class AutoregressiveLM(Seq2SeqModule):
         return loss, {"nll": nll_rows.detach().sum() / count}, nll, mask
 
     def on_fit_start(self) -> None:
-        """Fit the output vocabulary on the training targets, unless there is none or a checkpoint brought it."""
+        """Fit the output vocabulary on the training targets (a resumed run's checkpoint brought it: check that the
+        training targets are all in it)."""
         super().on_fit_start()
         ids = self.special_ids
         line = fit_output_vocabulary(self.network.output_vocabulary, self.trainer, self.vocab_size, (ids.eos, ids.pad))

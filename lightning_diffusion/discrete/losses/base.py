@@ -65,7 +65,8 @@ class DiscreteLossInputs:
     @cached_property
     def corrupted_targets(self) -> Tensor:
         """``[N]`` long: the targets of :attr:`corrupted_logits`' rows, as its columns (``-100``, cross-entropy's
-        ignore index, for an id outside the output vocabulary: only in evaluation, training refuses it)."""
+        ignore index, for an id outside the output vocabulary: only in evaluation, the training targets are checked
+        against it before training)."""
         return self.x0_columns[self.corrupted]
 
     @cached_property
