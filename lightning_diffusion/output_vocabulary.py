@@ -62,9 +62,9 @@ class OutputVocabulary(nn.Module):
     def logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``[..., H]`` -> ``[..., V]``: ``hidden @ weight[ids].T (+ bias[ids])`` at the kept ids, ``-inf`` elsewhere
         (``weight`` ``[V, H]``, ``bias`` ``[V]``); the full ``F.linear`` while unfitted."""
+        kept = self.kept_logits(hidden, weight, bias)
         if not self.fitted:
-            return F.linear(hidden, weight, bias)
-        kept = F.linear(hidden, weight.index_select(0, self.ids), None if bias is None else bias.index_select(0, self.ids))
+            return kept
         out = kept.new_full((*hidden.shape[:-1], weight.shape[0]), float("-inf"))
         return out.index_copy(-1, self.ids, kept)
 

@@ -29,6 +29,7 @@ from lightning_diffusion.data.tokenizer import SpecialIds, special_ids
 from lightning_diffusion.decoding import Decoding, collapse_repeats, decode_batch
 from lightning_diffusion.evaluation import EvaluationReport, evaluate
 from lightning_diffusion.gradient_guard import FiniteGradientGuard
+from lightning_diffusion.output_vocabulary import OutputVocabulary, fit_output_vocabulary
 from lightning_diffusion.seeding import ReseededTraining
 from lightning_diffusion.types import Seq2SeqBatch
 
@@ -187,6 +188,15 @@ class Seq2SeqModule(ReseededTraining, FiniteGradientGuard, LightningModule):
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The decoding settings in words, printed next to every score (default: the model's own)."""
         return self.check_decoding(decoding if decoding is not None else self.decoding).describe()
+
+    # ------------------------------------------------------------------ wiring
+    def fit_output_vocabulary(self, vocabulary: OutputVocabulary | None) -> None:
+        """Fit the head's output vocabulary (if any) on the training targets, keeping the end and padding ids, or
+        check a resumed one against them (:func:`~lightning_diffusion.output_vocabulary.fit_output_vocabulary`)."""
+        ids = self.special_ids
+        line = fit_output_vocabulary(vocabulary, self.trainer, self.vocab_size, (ids.eos, ids.pad))
+        if line is not None:
+            rank_zero_info(line)
 
     # ------------------------------------------------------------------ wiring
     def setup(self, stage: str) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_diffusion.autoregressive.model import TransformerSeq2Seq
@@ -16,7 +15,6 @@ from lightning_diffusion.autoregressive.search import GreedySearch, Search
 from lightning_diffusion.decoding import Decoding, DecodingError
 from lightning_diffusion.output_vocabulary import (
     OutputVocabulary,
-    fit_output_vocabulary,
     warn_outside_vocabulary,
 )
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
@@ -134,10 +132,7 @@ class AutoregressiveLM(Seq2SeqModule):
         """Fit the output vocabulary on the training targets (a resumed run's checkpoint brought it: check that the
         training targets are all in it)."""
         super().on_fit_start()
-        ids = self.special_ids
-        line = fit_output_vocabulary(self.network.output_vocabulary, self.trainer, self.vocab_size, (ids.eos, ids.pad))
-        if line is not None:
-            rank_zero_info(line)
+        self.fit_output_vocabulary(self.network.output_vocabulary)
 
     def evaluation_loss(self, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, terms, _, _ = self.compute_losses(batch)

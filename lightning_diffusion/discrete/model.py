@@ -43,7 +43,6 @@ from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import LengthNLL, LossTerm
 from lightning_diffusion.output_vocabulary import (
     OutputVocabulary,
-    fit_output_vocabulary,
     warn_outside_vocabulary,
 )
 from lightning_diffusion.selection import CandidateSelection, MBRSelection
@@ -245,10 +244,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         """Fit the schedule's statistics and the output vocabulary on the training targets, unless a checkpoint
         brought them (this hook runs after Lightning restored a resumed run's checkpoint; ``setup`` runs before)."""
         super().on_fit_start()
-        ids = self.special_ids
-        line = fit_output_vocabulary(self.denoiser.output_vocabulary, self.trainer, self.vocab_size, (ids.eos, ids.pad))
-        if line is not None:
-            rank_zero_info(line)
+        self.fit_output_vocabulary(self.denoiser.output_vocabulary)
         if not self.schedule.needs_statistics or self.schedule.fitted:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
