@@ -44,15 +44,17 @@ class LossTerm(nn.Module, ABC):
 
 def rounding_nll(inputs: LossInputs, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """``-log p(y | latents)`` under the tied head, averaged over each example's loss positions ``[B]``; the head
-    and softmax run on the ``N`` loss positions alone (``[N, V]``, not ``[B, L, V]``: padding costs nothing).
+    and softmax run on the ``N`` loss positions alone (``[N, V']``, not ``[B, L, V]``: padding costs nothing; label
+    smoothing spreads over the ``V'`` ids the head scores). A target the head cannot emit (evaluation only) is left
+    out (cross-entropy's ignore index).
 
     Args:
-        logits: ``[N, V]`` the head's logits at the loss positions (of ``z0`` for the rounding term, of ``x0_hat``
+        logits: ``[N, V']`` the head's logits at the loss positions (of ``z0`` for the rounding term, of ``x0_hat``
             for the anchor: :attr:`LossInputs.x0_hat_logits`).
     """
     rows = F.cross_entropy(
         logits.float(),
-        inputs.target_ids[inputs.mask],
+        inputs.target_columns[inputs.mask],
         reduction="none",
         label_smoothing=label_smoothing,
     )  # [N]
@@ -123,7 +125,9 @@ class NeighbourUnlikelihood(LossTerm):
     default_name = "unlikelihood"
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        rows = neighbour_unlikelihood(inputs.x0_hat_logits, inputs.target_ids, inputs.mask, inputs.mask)
+        # In the head's columns (an output vocabulary's ids only); a word the head cannot emit is no neighbour.
+        columns = inputs.target_columns  # -100 where the head cannot emit the id (evaluation only): masked out below
+        rows = neighbour_unlikelihood(inputs.x0_hat_logits, columns.clamp_min(0), inputs.mask, inputs.mask & (columns >= 0))
         return masked_mean(scatter_rows(rows, inputs.mask), inputs.mask)
 
 

@@ -30,6 +30,7 @@ from lightning_diffusion.guidance.base import Guidance, check_guidance
 from lightning_diffusion.guidance.condition_dropout import dropped_rows, null_condition_parameter
 from lightning_diffusion.length import LengthPredictor
 from lightning_diffusion.losses import X0MSE, LossTerm, PriorLoss, RoundingNLL
+from lightning_diffusion.output_vocabulary import OutputVocabulary, warn_outside_vocabulary
 from lightning_diffusion.preconditioning import SkipPreconditioning
 from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.samplers.ddim import DDIMSampler
@@ -44,7 +45,7 @@ log = logging.getLogger("lightning_diffusion")
 
 _INJECTED = [
     "denoiser", "schedule", "loss_terms", "sampler", "timestep_sampler", "length_predictor", "selection",
-    "preconditioning", "optimizer", "lr_scheduler", "guidance", "unrolled_denoising",
+    "preconditioning", "optimizer", "lr_scheduler", "guidance", "unrolled_denoising", "output_vocabulary",
 ]  # fmt: skip
 
 
@@ -119,6 +120,10 @@ class DiffusionLM(Seq2SeqModule):
             the training batches gets, instead of ``z_t`` from the truth, the input the DDIM sampler gives the
             network after one step from the network's own estimate (SUNDAE-style training on its own outputs).
             Default None.
+        output_vocabulary: round to the training targets' ids only
+            (:class:`~lightning_diffusion.output_vocabulary.OutputVocabulary`, fitted before training with the
+            end and padding ids): the rounding and anchor heads, the final rounding and clamping score ``V'`` of the
+            ``V`` ids (the word embedding keeps every row for the source). Default None: every id.
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class DiffusionLM(Seq2SeqModule):
         guidance: Guidance | None = None,
         noisy_x_start: bool = False,
         unrolled_denoising: UnrolledDenoising | None = None,
+        output_vocabulary: OutputVocabulary | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -157,6 +163,8 @@ class DiffusionLM(Seq2SeqModule):
         check_at_least("DiffusionLM", 1, max_length=max_length)
         check_positive_finite("DiffusionLM", train_noise_factor=train_noise_factor, length_ratio=length_ratio)
         self.denoiser = denoiser(vocab_size)
+        if output_vocabulary is not None:
+            self.denoiser.restrict_output(output_vocabulary)
         self.preconditioning = preconditioning
         if preconditioning is not None:
             preconditioning.bind(schedule, train_noise_factor)
@@ -232,6 +240,11 @@ class DiffusionLM(Seq2SeqModule):
         loss, terms, _, _ = self.compute_losses(batch)
         return loss, terms
 
+    def on_fit_start(self) -> None:
+        """Fit the output vocabulary on the training targets, unless a resumed run's checkpoint brought it."""
+        super().on_fit_start()
+        self.fit_output_vocabulary(self.denoiser.output_vocabulary)
+
     # ------------------------------------------------------------------ training
     def canvas_length(self, src_mask: Tensor) -> int:
         """Decoding canvas for a batch: ``min(max_length, ceil(ratio * longest source) + offset)``."""
@@ -263,6 +276,8 @@ class DiffusionLM(Seq2SeqModule):
             attention_mask = batch.tgt_mask
             length_logits = self.length_predictor(cond)
             length_targets = self.length_predictor.targets(batch.src_mask.sum(-1), batch.tgt_mask.sum(-1))
+        if not self.training and self.denoiser.output_vocabulary is not None:
+            warn_outside_vocabulary(self.denoiser.kept_columns(target)[loss_mask.bool()])
         drop = None
         if self.training:  # after the length predictor, which always reads the real source
             drop = dropped_rows(len(batch), self.null_condition, self.condition_dropout, self.device)
@@ -307,7 +322,8 @@ class DiffusionLM(Seq2SeqModule):
             mask=loss_mask,
             t=t,
             alpha_bar_final=self.schedule.alpha_bar(torch.full_like(t, self.schedule.num_steps), length),
-            logits=self.denoiser.logits,
+            logits=self.denoiser.kept_logits,
+            columns=self.denoiser.kept_columns,
             length_logits=length_logits,
             length_targets=length_targets,
             alpha_bar_t=self.schedule.alpha_bar(t, length),

@@ -62,10 +62,14 @@ class OutputVocabulary(nn.Module):
     def logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``[..., H]`` -> ``[..., V]``: ``hidden @ weight[ids].T (+ bias[ids])`` at the kept ids, ``-inf`` elsewhere
         (``weight`` ``[V, H]``, ``bias`` ``[V]``); the full ``F.linear`` while unfitted."""
-        kept = self.kept_logits(hidden, weight, bias)
+        return self.expand(self.kept_logits(hidden, weight, bias), weight.shape[0])
+
+    def expand(self, kept: Tensor, vocab_size: int) -> Tensor:
+        """Logits of the kept ids ``[..., V']`` -> ``[..., V]`` holding ``-inf`` at the other ids (unchanged while
+        unfitted)."""
         if not self.fitted:
             return kept
-        out = kept.new_full((*hidden.shape[:-1], weight.shape[0]), float("-inf"))
+        out = kept.new_full((*kept.shape[:-1], vocab_size), float("-inf"))
         return out.index_copy(-1, self.ids, kept)
 
     def kept_logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -134,7 +134,7 @@ def denoising_probe(
     totals = {t: dict(zeros) for t in chosen}
     try:
         denoiser = module.denoiser
-        table = denoiser.embedding_table()  # [V, D]
+        table = denoiser.kept_table()  # [V', D]: the words the head can emit
         for raw in batches:
             if raw.tgt_ids is None or raw.tgt_mask is None:
                 raise ValueError("the probe needs batches with targets")
@@ -151,7 +151,7 @@ def denoising_probe(
                 if two_pass:
                     x0_hat = denoiser(z_t, t_vec, cond, attention_mask, x0_hat)
                 argmax_ids = round_to_tokens(denoiser, x0_hat, chunk_rows)  # [B, L]
-                nearest_ids = nearest_token_ids(x0_hat, table, chunk_rows)  # [B, L]
+                nearest_ids = denoiser.kept_ids(nearest_token_ids(x0_hat, table, chunk_rows))  # [B, L]
                 sq_err = ((x0_hat - z0) ** 2).mean(-1)  # [B, L]
                 total = totals[t]
                 total["tokens"] += int(real.sum())

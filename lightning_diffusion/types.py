@@ -133,8 +133,9 @@ class LossInputs:
         mask: ``[B, L]`` bool, positions that count in the loss.
         t: ``[B]`` long, the sampled timesteps (1..T).
         alpha_bar_final: ``[B, L]`` the schedule's signal level at the last step ``T``.
-        logits: maps latents ``[..., D]`` to vocabulary logits ``[..., V]`` (the tied rounding head; loss terms call it
-            on the ``[N, D]`` loss positions only).
+        logits: maps latents ``[..., D]`` to the tied rounding head's logits ``[..., V']`` (loss terms call it on the
+            ``[N, D]`` loss positions only); with an output vocabulary (``Denoiser.kept_logits``) its columns are that
+            vocabulary's ids, so targets are compared as :attr:`target_columns`, never as raw ids.
         length_logits: ``[B, C]`` length-offset logits when the model has a length predictor, else None.
         length_targets: ``[B]`` long, the true offset classes, with ``length_logits``.
         alpha_bar_t: ``[B, L]`` the signal level ``abar_t`` at each example's sampled step (e.g. for SNR
@@ -147,6 +148,8 @@ class LossInputs:
             None when the denoiser does not run the source through its network.
         source_z0: ``[B, S, D]`` the source embeddings ``Emb(x)`` (what ``source_x0`` should reproduce), with it.
         source_mask: ``[B, S]`` bool, the real source positions, with it.
+        columns: token ids (any shape) -> columns of ``logits`` (``-100`` for an id the head cannot emit; the
+            identity without an output vocabulary).
     """
 
     z0: Tensor
@@ -164,10 +167,17 @@ class LossInputs:
     source_x0: Tensor | None = None
     source_z0: Tensor | None = None
     source_mask: Tensor | None = None
+    columns: Callable[[Tensor], Tensor] = lambda ids: ids
+
+    @cached_property
+    def target_columns(self) -> Tensor:
+        """``[B, L]`` long: :attr:`target_ids` as columns of :attr:`logits` (``-100`` where the head cannot emit the
+        id: evaluation targets only, the training targets fitted the vocabulary)."""
+        return self.columns(self.target_ids)
 
     @cached_property
     def x0_hat_logits(self) -> Tensor:
-        """``[N, V]`` the head's logits of ``x0_hat`` at the ``N`` loss positions (row-major; computed once, shared
+        """``[N, V']`` the head's logits of ``x0_hat`` at the ``N`` loss positions (row-major; computed once, shared
         by the terms that read the prediction through the head)."""
         return self.logits(self.x0_hat[self.mask])
 

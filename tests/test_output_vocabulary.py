@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import RECIPES_DIR, TinyData, fit_tiny
+from tiny_continuous import VOCAB, make_batch, make_module
 
 from lightning_diffusion import DiscreteDiffusionLM
 from lightning_diffusion.autoregressive import AutoregressiveLM
@@ -22,8 +23,12 @@ from lightning_diffusion.discrete import (
     ReweightedCrossEntropy,
     UniformCorruption,
 )
+from lightning_diffusion.guidance import KeywordScorer
+from lightning_diffusion.losses import X0MSE, AnchorNLL, LengthNLL, NeighbourUnlikelihood as ContinuousNeighbourUnlikelihood, RoundingNLL
 from lightning_diffusion.output_vocabulary import OutputVocabulary
 from lightning_diffusion.pretrained import export_pretrained, load_pretrained
+from lightning_diffusion.samplers import DDIMSampler
+from lightning_diffusion.samplers.rounding import round_to_tokens
 
 
 def fitted(counts: list[int], keep: tuple[int, ...] = (), min_count: int = 1) -> OutputVocabulary:
@@ -214,9 +219,106 @@ def test_every_discrete_term_reads_the_kept_columns_and_evaluation_skips_unknown
         build([D3PMHybrid()])
 
 
+def continuous_with_vocabulary(**kwargs):
+    """A tiny Difformer-style model (anchor + rounding heads, length predictor) whose output vocabulary keeps the ids
+    of ``make_batch``'s targets (and EOS, padding)."""
+    batch = make_batch()
+    module = make_module("encoder_decoder", self_conditioning=False, length_mode=True, output_vocabulary=OutputVocabulary(), **kwargs)
+    counts = torch.bincount(batch.tgt_ids[batch.tgt_mask], minlength=VOCAB)
+    module.denoiser.output_vocabulary.fit(counts, (module.special_ids.eos, module.special_ids.pad))
+    return module, batch, counts
+
+
+def test_continuous_rounding_and_anchor_losses_over_the_kept_ids_equal_the_full_head_with_minus_inf() -> None:
+    """RoundingNLL on z0 and AnchorNLL (label smoothing 0.1, spread over the kept ids) on the [N, V'] head equal, by
+    hand, the cross-entropies of the renormalised full head (-inf outside) restricted to the kept ids."""
+    module, batch, _ = continuous_with_vocabulary(loss_terms=[RoundingNLL(), AnchorNLL(label_smoothing=0.1), LengthNLL()])
+    denoiser, ids = module.denoiser, module.denoiser.output_vocabulary.ids
+    assert 4 < ids.numel() < VOCAB
+    captured = {}
+    original = module.loss_terms[0].forward
+
+    def spy(inputs):
+        captured["inputs"] = inputs
+        return original(inputs)
+
+    module.loss_terms[0].forward = spy
+    module.train()
+    _, terms, _, _ = module.compute_losses(batch)
+    inputs = captured["inputs"]
+    mask, targets = inputs.mask, torch.searchsorted(ids, inputs.target_ids[inputs.mask])
+
+    def by_hand(latents, smoothing):
+        full = denoiser.logits(latents[mask]).float()  # [N, V], -inf outside the kept ids
+        assert torch.all(full[:, ~torch.isin(torch.arange(VOCAB), ids)] == float("-inf"))
+        log_probs = full.log_softmax(-1)[:, ids]
+        rows = (1 - smoothing) * -log_probs.gather(-1, targets[:, None]).squeeze(-1) - smoothing * log_probs.mean(-1)
+        per_example = torch.zeros(mask.shape).masked_scatter(mask, rows).sum(-1) / mask.sum(-1)
+        return per_example.mean()
+
+    torch.testing.assert_close(terms["rounding"], by_hand(inputs.z0, 0.0))
+    torch.testing.assert_close(terms["anchor"], by_hand(inputs.x0_hat, 0.1))
+
+
+def test_continuous_decoding_rounds_and_clamps_to_kept_ids_only() -> None:
+    """Rounding is the full head's argmax and never an id outside the vocabulary; clamping picks kept rows; the
+    sampler's tokens are all kept ids."""
+    module, batch, counts = continuous_with_vocabulary()
+    denoiser = module.denoiser
+    kept = torch.isin(torch.arange(VOCAB), denoiser.output_vocabulary.ids)
+    torch.manual_seed(1)
+    z = torch.randn(3, 7, denoiser.latent_dim) * 3
+    rounded = round_to_tokens(denoiser, z, chunk_rows=5)
+    assert torch.equal(rounded, denoiser.logits(z).argmax(-1)) and kept[rounded].all()
+    assert not kept[torch.nn.functional.linear(z, denoiser.embedding_table()).argmax(-1)].all()  # the test can fail
+    table = denoiser.kept_table()
+    assert torch.equal(table, denoiser.embedding_table()[kept])
+    module.eval()
+    cond = denoiser.encode(batch.src_ids, batch.src_mask)
+    sampled = DDIMSampler(steps=3, clamp=True).sample(denoiser, module.schedule, cond, 6, generator=torch.Generator().manual_seed(0))
+    assert kept[sampled.token_ids].all()
+    on_rows = (sampled.latents[..., None, :] == table).all(-1).any(-1)  # the last update lands on a clamped estimate
+    assert on_rows.all()
+
+
+def test_continuous_evaluation_skips_unknown_targets_and_neighbour_unlikelihood_reads_columns() -> None:
+    module, batch, counts = continuous_with_vocabulary(loss_terms=[X0MSE(), AnchorNLL(), ContinuousNeighbourUnlikelihood(), LengthNLL()])
+    module.train()
+    loss, terms, _, _ = module.compute_losses(batch)
+    assert torch.isfinite(loss) and set(terms) == {"mse", "anchor", "unlikelihood", "length"}
+    loss.backward()
+    dropped = int(batch.tgt_ids[0, 0])
+    module.denoiser.output_vocabulary.fit(counts.index_fill(0, torch.tensor([dropped]), 0), (module.special_ids.eos, module.special_ids.pad))
+    module.eval()
+    with pytest.warns(UserWarning, match="outside the output vocabulary"):
+        loss, _, _, _ = module.compute_losses(batch)
+    assert torch.isfinite(loss)
+
+
+def test_keyword_guidance_refuses_a_word_the_head_cannot_emit() -> None:
+    module, batch, counts = continuous_with_vocabulary()
+    outside = int((counts == 0).nonzero()[-1])
+    x0 = torch.randn(2, 4, module.denoiser.latent_dim)
+    assert torch.isfinite(KeywordScorer([int(batch.tgt_ids[0, 0])])(x0, module.denoiser, None)).all()
+    with pytest.raises(ValueError, match=rf"token ids \[{outside}\] are outside the model's output vocabulary"):
+        KeywordScorer([outside])(x0, module.denoiser, None)
+
+
+def _head(model, part: str):
+    """The model's ``[..., V]`` output head and its input width."""
+    owner = getattr(model, part)
+    if part == "network" or hasattr(owner, "output_logits"):
+        return owner.output_logits, owner.hidden_dim
+    return owner.logits, owner.latent_dim
+
+
 @pytest.mark.parametrize(
     ("recipe", "part"),
-    [(RECIPES_DIR / "discrete" / "multi30k_en_de.yaml", "denoiser"), (RECIPES_DIR / "autoregressive" / "multi30k_en_de.yaml", "network")],
+    [
+        (RECIPES_DIR / "discrete" / "multi30k_en_de.yaml", "denoiser"),
+        (RECIPES_DIR / "autoregressive" / "multi30k_en_de.yaml", "network"),
+        (RECIPES_DIR / "difformer" / "multi30k_en_de.yaml", "denoiser"),
+    ],
 )
 def test_fit_fits_the_ids_on_the_training_targets_and_exports_carry_them(recipe: Path, part: str, tmp_path: Path, tiny_data: TinyData) -> None:
     # The recipes' EMA with the sanity check on: the average must take the fitted ids before it swaps them in.
@@ -230,5 +332,6 @@ def test_fit_fits_the_ids_on_the_training_targets_and_exports_carry_them(recipe:
 
     model = load_pretrained(export_pretrained(next((tmp_path / "run").rglob("last.ckpt")), tmp_path / "export"))
     assert torch.equal(getattr(model, part).output_vocabulary.ids, ids)
-    logits = getattr(model, part).output_logits(torch.randn(3, getattr(model, part).hidden_dim))
+    head, width = _head(model, part)
+    logits = head(torch.randn(3, width))
     assert torch.all(logits[:, ~expected] == float("-inf")) and torch.isfinite(logits[:, expected]).all()

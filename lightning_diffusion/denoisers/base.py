@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diffusion.arguments import check_at_least
+from lightning_diffusion.output_vocabulary import OutputVocabulary
 from lightning_diffusion.types import Conditioning
 
 
@@ -70,6 +71,12 @@ class Denoiser(nn.Module, ABC):
         nn.init.normal_(self.word_embedding.weight, std=1.0)
         self.embedding_norm = nn.LayerNorm(latent_dim) if embedding_norm else None
         self.embedding_scale = embedding_scale
+        self.output_vocabulary: OutputVocabulary | None = None
+
+    def restrict_output(self, vocabulary: OutputVocabulary) -> None:
+        """Round to ``vocabulary``'s ids only: :meth:`logits` gives the others ``-inf``, :meth:`kept_logits` and
+        :meth:`kept_table` leave them out (the word embedding keeps every row: sources and inputs use them)."""
+        self.output_vocabulary = vocabulary
 
     def _normalize(self, emb: Tensor) -> Tensor:
         if self.embedding_norm is not None:
@@ -87,8 +94,35 @@ class Denoiser(nn.Module, ABC):
         return self._normalize(self.word_embedding.weight)
 
     def logits(self, z: Tensor) -> Tensor:
-        """Tied rounding head: latents ``[..., D]`` -> ``[..., V]`` as ``z . E_w``."""
+        """Tied rounding head: latents ``[..., D]`` -> ``[..., V]`` as ``z . E_w`` (``-inf`` at the ids outside the
+        :class:`OutputVocabulary`, when set)."""
+        if self.output_vocabulary is not None:
+            return self.output_vocabulary.expand(self.kept_logits(z), self.vocab_size)
         return F.linear(z, self.embedding_table())
+
+    def kept_table(self) -> Tensor:
+        """``[V', D]``: the rows of :meth:`embedding_table` of the :class:`OutputVocabulary`'s ids (all ``V`` rows
+        without one), row ``k`` for id ``kept_ids(k)``; what rounding and clamping choose among."""
+        vocabulary = self.output_vocabulary
+        if vocabulary is None or not vocabulary.fitted:
+            return self.embedding_table()
+        return self._normalize(self.word_embedding.weight.index_select(0, vocabulary.ids))
+
+    def kept_logits(self, z: Tensor) -> Tensor:
+        """``[..., D]`` -> ``[..., V']``: the rounding head over the output vocabulary's ids only (no ``[..., V]``
+        tensor is built; :meth:`logits`, which a subclass may override, without one); the losses and the final
+        rounding read it, :meth:`kept_ids` maps its columns back to token ids."""
+        if self.output_vocabulary is None:
+            return self.logits(z)
+        return F.linear(z, self.kept_table())
+
+    def kept_ids(self, columns: Tensor) -> Tensor:
+        """Columns of :meth:`kept_logits` (rows of :meth:`kept_table`) -> token ids."""
+        return columns if self.output_vocabulary is None else self.output_vocabulary.token_ids(columns)
+
+    def kept_columns(self, token_ids: Tensor) -> Tensor:
+        """Token ids -> columns of :meth:`kept_logits` (``-100`` for an id outside the output vocabulary)."""
+        return token_ids if self.output_vocabulary is None else self.output_vocabulary.columns(token_ids)
 
     @abstractmethod
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Conditioning:

@@ -28,8 +28,15 @@ class KeywordScorer(LatentScorer):
         return f"KeywordScorer(token_ids={self.token_ids})"
 
     def __call__(self, x0: Tensor, denoiser: Any, tgt_mask: Tensor | None) -> Tensor:
-        log_probs = torch.log_softmax(denoiser.logits(x0).float(), dim=-1)  # [B, L, V]
-        keyword = log_probs[..., self.token_ids]  # [B, L, K]
+        columns = denoiser.kept_columns(torch.tensor(self.token_ids, device=x0.device))  # [K]
+        if bool((columns < 0).any()):
+            outside = [i for i, c in zip(self.token_ids, columns.tolist(), strict=True) if c < 0]
+            raise ValueError(
+                f"KeywordScorer: token ids {outside} are outside the model's output vocabulary (the training targets "
+                "never held them, so the model gives them probability 0): guide with words of the target side"
+            )
+        log_probs = torch.log_softmax(denoiser.kept_logits(x0).float(), dim=-1)  # [B, L, V']
+        keyword = log_probs[..., columns]  # [B, L, K]
         if tgt_mask is not None:
             keyword = keyword.masked_fill(~tgt_mask[..., None], float("-inf"))
         return torch.logsumexp(keyword, dim=1).sum(-1)  # [B]

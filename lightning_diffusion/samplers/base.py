@@ -161,7 +161,7 @@ class Sampler(ChainSampler):
         z = self.noise_factor * torch.randn(shape, device=device, generator=generator)
         chain = self.chain(schedule, length)
         total = len(chain) - 1
-        table = denoiser.embedding_table() if self.clamp else None
+        table = denoiser.kept_table() if self.clamp else None  # the words the head can emit
         x0_prev: Tensor | None = None  # the raw estimate, fed back for self-conditioning
         used_prev: Tensor | None = None  # the estimate the previous update used (clamped)
         abar_prev: Tensor | None = None  # the level at the previous update's label

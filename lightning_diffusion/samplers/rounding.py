@@ -57,8 +57,9 @@ def nearest_embedding(x: Tensor, table: Tensor, chunk_rows: int | None = None) -
 
 
 def round_to_tokens(denoiser: Denoiser, z: Tensor, chunk_rows: int | None = None) -> Tensor:
-    """Rounding: latents ``z`` ``[B, L, D]`` -> token ids ``[B, L]``, ``denoiser.logits(z).argmax(-1)`` computed
-    over chunks of ``chunk_rows`` positions (``denoiser.logits`` gets ``[1, rows, D]``).
+    """Rounding: latents ``z`` ``[B, L, D]`` -> token ids ``[B, L]``, the argmax of the tied head over the ids it can
+    emit (``denoiser.kept_logits``: an output vocabulary's ids only, else ``denoiser.logits``) computed over chunks
+    of ``chunk_rows`` positions (the head gets ``[1, rows, D]``).
 
     Args:
         chunk_rows: positions rounded at once (``[chunk_rows, V]`` logits); None = about 64 MiB of logits.
@@ -68,7 +69,7 @@ def round_to_tokens(denoiser: Denoiser, z: Tensor, chunk_rows: int | None = None
     rows = _chunk_rows(chunk_rows, denoiser.vocab_size, z.element_size())
     ids = torch.empty(b * length, dtype=torch.long, device=z.device)  # [N]
     for start in range(0, b * length, rows):
-        logits = denoiser.logits(flat[:, start : start + rows])  # [1, rows, V]
-        ids[start : start + rows] = logits[0].argmax(-1)
+        logits = denoiser.kept_logits(flat[:, start : start + rows])  # [1, rows, V']
+        ids[start : start + rows] = denoiser.kept_ids(logits[0].argmax(-1))
         del logits
     return ids.view(b, length)
