@@ -186,6 +186,12 @@ ENC_DEC_LAYERS = ("--model.denoiser.encoder_layers", "3", "--model.denoiser.deco
 # The recipe's decoding (primary: curves, speed), and the same with runs of one token collapsed (an optional
 # post-process against repeated words, scored beside the plain output so its effect is visible).
 DIFFUSION_DECODINGS: dict[str, dict[str, Any]] = {"recipe": {}, "collapse repeats": {"collapse_repeats": True}}
+# Difformer's recipe rounds with a repeat penalty; also report the plain argmax and the collapse post-process on it.
+DIFFORMER_DECODINGS: dict[str, dict[str, Any]] = {
+    "recipe": {},
+    "argmax rounding": {"repeat_penalty": 0.0},
+    "argmax + collapse repeats": {"repeat_penalty": 0.0, "collapse_repeats": True},
+}
 
 SYSTEMS: list[System] = [
     System(
@@ -210,7 +216,7 @@ SYSTEMS: list[System] = [
         "recipes/difformer/{task}.yaml",
         (CPU_SMALL,),
         (*ENC_DEC_LAYERS, "--model.length_beam", "3"),
-        decodings=DIFFUSION_DECODINGS,
+        decodings=DIFFORMER_DECODINGS,
     ),
     System(
         "cdcd",

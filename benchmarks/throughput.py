@@ -128,6 +128,17 @@ class StepTimer(Callback):
             self.end = time.perf_counter()
 
 
+def fit_output_vocabularies(model: Any, dm: Any) -> None:
+    """Fit the model's output vocabulary (if any) on the training targets, as ``fit`` does in ``on_fit_start``: the
+    steps here run outside a ``fit`` with the data module (plain loop or a bare ``Trainer.fit`` on batches)."""
+    from lightning_diffusion.output_vocabulary import OutputVocabulary
+
+    ids = model.special_ids
+    for part in model.modules():
+        if isinstance(part, OutputVocabulary) and not part.fitted:
+            part.fit(dm.target_token_counts(model.vocab_size), (ids.eos, ids.pad))
+
+
 def worker(opts: Any) -> None:
     """One measurement (``--worker lightning|bare``) in this process; writes JSON to ``--worker-out``."""
     import torch
@@ -150,6 +161,7 @@ def worker(opts: Any) -> None:
         tokens = int(sum(int(b.src_mask.sum()) + int(b.tgt_mask.sum()) for b in timed))
         padded = int(sum(b.src_mask.numel() + b.tgt_mask.numel() for b in timed))
         model.attach_tokenizer(dm.tokenizer, dm.tokenizer_fingerprint)
+        fit_output_vocabularies(model, dm)
         result: dict[str, Any] = {
             "mode": opts.worker,
             "system": system.name,

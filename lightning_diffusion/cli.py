@@ -51,7 +51,7 @@ from lightning_diffusion.seq2seq import Seq2SeqModule
 from lightning_diffusion.step_progress_bar import StepProgressBar
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
-DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search", "collapse_repeats", "guidance")
+DECODING_FLAGS = ("steps", "sampler", "length_beam", "noise_beam", "search", "collapse_repeats", "guidance", "repeat_penalty")
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Dotted keys of a nested config with the ``init_args`` levels left out (``sampler.steps``)."""
@@ -102,6 +102,7 @@ class LightningDiffusionCLI(LightningCLI):
         parser.add_argument("--decoding.search", type=Search | None, default=None, help=f"autoregressive search (GreedySearch, BeamSearch), {what}")
         parser.add_argument("--decoding.guidance", type=Guidance | None, default=None, help=f"guidance (ClassifierFreeGuidance with --decoding.guidance.scale W, ClassifierGuidance), {what}")
         parser.add_argument("--decoding.collapse_repeats", type=bool | None, default=None, help="collapse runs of the same token into one before detokenizing (post-process, reported with the settings)")
+        parser.add_argument("--decoding.repeat_penalty", type=float | None, default=None, help=f"continuous families: round to the best token sequence under this penalty (nats) per back-to-back repeat of a word, 0 = argmax, inf = none among each position's 4 best ids; {what}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._argv = list(args) if isinstance(args, (list, tuple)) else list(sys.argv[1:]) if args is None else []

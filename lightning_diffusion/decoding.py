@@ -96,6 +96,10 @@ class Decoding:
             before detokenizing; off by default, reported in :meth:`describe` when on.
         guidance: steers diffusion decoding (:mod:`lightning_diffusion.guidance`, e.g. classifier-free guidance);
             None = unguided. Its network evaluations per step count in :attr:`nfe`.
+        repeat_penalty: continuous families: round the final latents to the best token sequence under a penalty of
+            this many nats per back-to-back repeat of a word, instead of each position's argmax
+            (:mod:`~lightning_diffusion.samplers.no_repeat_rounding`: Viterbi over each position's 4 best ids;
+            ``inf`` forbids repeats among them). 0 (default) = the argmax; reported in :meth:`describe` when on.
     """
 
     sampler: ChainSampler | None = None
@@ -106,8 +110,11 @@ class Decoding:
     num_steps: int | None = None
     collapse_repeats: bool = False
     guidance: Guidance | None = None
+    repeat_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.repeat_penalty, (int, float)) or isinstance(self.repeat_penalty, bool) or not self.repeat_penalty >= 0:
+            raise DecodingError(f"decoding: repeat_penalty must be a number >= 0 (inf allowed), got {self.repeat_penalty!r}")
         for name in ("length_beam", "noise_beam"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -118,6 +125,10 @@ class Decoding:
             raise DecodingError(
                 f"decoding: length_beam and noise_beam apply to diffusion models; the autoregressive search has "
                 f"beam size {self.search.beam_size} (got length_beam {self.length_beam}, noise_beam {self.noise_beam})"
+            )
+        if self.search is not None and self.repeat_penalty > 0:
+            raise DecodingError(
+                f"decoding: repeat_penalty applies to the rounding of continuous diffusion models, not to {self.search.describe()}"
             )
         if self.search is not None and self.guidance is not None:
             raise DecodingError(f"decoding: {self.guidance.describe()} applies to diffusion models, not to {self.search.describe()}")
@@ -189,8 +200,9 @@ class Decoding:
         beams = f"length beam {self.length_beam} x noise beam {self.noise_beam}"
         chosen = f", {self.selection.describe()} over the {self.candidates} candidates" if self.candidates > 1 else ""
         guided = f", {self.guidance.describe()}" if self.guidance is not None else ""
+        rounding = f", rounding with repeat penalty {self.repeat_penalty:g}" if self.repeat_penalty > 0 else ""
         return (
-            f"{self.sampler.describe()}{guided}, {beams}{chosen}{collapsed}, NFE {self.nfe} per candidate "
+            f"{self.sampler.describe()}{guided}, {beams}{chosen}{rounding}{collapsed}, NFE {self.nfe} per candidate "
             "(candidates decoded in parallel)"
         )
 

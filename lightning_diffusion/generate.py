@@ -68,6 +68,7 @@ def decoding_from_flags(
     collapse_repeats: bool | None = None,
     guidance: float | None = None,
     selection: CandidateSelection | None = None,
+    repeat_penalty: float | None = None,
 ) -> tuple[Decoding, list[str]]:
     """The model's own :class:`Decoding` with the flags applied by ``replace`` (the model is not changed).
     ``guidance`` is a classifier-free guidance scale ``w`` (:class:`ClassifierFreeGuidance`).
@@ -83,7 +84,7 @@ def decoding_from_flags(
     """
     given = {
         "--steps": steps, "--sampler": sampler, "--length_beam": length_beam, "--noise_beam": noise_beam, "--guidance": guidance,
-        "--selection": selection,
+        "--selection": selection, "--repeat_penalty": repeat_penalty,
     }  # fmt: skip
     for flag in ("--steps", "--length_beam", "--noise_beam"):
         if given[flag] is not None and given[flag] < 1:  # type: ignore[operator]
@@ -117,6 +118,8 @@ def decoding_from_flags(
         changes["noise_beam"] = noise_beam
     if selection is not None:
         changes["selection"] = selection
+    if repeat_penalty is not None:
+        changes["repeat_penalty"] = repeat_penalty
     if guidance is not None:
         try:
             changes["guidance"] = ClassifierFreeGuidance(guidance)
@@ -126,7 +129,7 @@ def decoding_from_flags(
         return module.check_decoding(current.replace(**changes)), notes
     except DecodingError as err:
         message = str(err).removeprefix("decoding: ")
-        for flag in ("length_beam", "noise_beam", "steps"):
+        for flag in ("length_beam", "noise_beam", "steps", "repeat_penalty"):
             message = message.replace(f"{flag} ", f"--{flag} ", 1) if message.startswith(flag) else message
         raise GenerateError(message) from None
 
@@ -271,6 +274,7 @@ def generate(
     collapse_repeats: bool | None = None,
     guidance: float | None = None,
     selection: CandidateSelection | None = None,
+    repeat_penalty: float | None = None,
 ) -> None:
     """Translate or summarize text with a trained model: hypotheses on stdout (one line per input line, input order).
 
@@ -305,6 +309,9 @@ def generate(
         selection: how one of a source's candidates is picked, by name or class path: ``MBRSelection`` (consensus),
             ``FirstCandidate``, ``ModelScoreSelection`` (the model's mean token log-probability; mask-predict's
             length-beam rule, discrete re-masking samplers). Default: the model's (MBR).
+        repeat_penalty: continuous families: round to the best token sequence under this penalty (nats) per
+            back-to-back repeat of a word instead of each position's argmax (0 = argmax; ``inf`` = no repeats among each
+            position's 4 best ids); reported with the decoding settings. Default: the model's.
     """
     try:
         _run(
@@ -324,6 +331,7 @@ def generate(
             collapse_repeats,
             guidance,
             selection,
+            repeat_penalty,
         )
     except (GenerateError, TokenizerError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -350,6 +358,7 @@ def _run(
     collapse_repeats: bool | None = None,
     guidance: float | None = None,
     selection: CandidateSelection | None = None,
+    repeat_penalty: float | None = None,
 ) -> None:
     for flag, value in (("--batch_size", batch_size), ("--max_src_len", max_src_len)):
         if value is not None and value < 1:
@@ -359,7 +368,7 @@ def _run(
         raise CheckpointError(f"{model}: no such export directory or checkpoint file")
     module = load_pretrained(model, tokenizer, map_location=resolved)
     decoding, notes = decoding_from_flags(
-        module, steps, sampler, length_beam, noise_beam, collapse_repeats, guidance, selection
+        module, steps, sampler, length_beam, noise_beam, collapse_repeats, guidance, selection, repeat_penalty
     )
     seed = module.decode_seed if seed is None else seed
     max_src_len = trained_max_src_len(model) if max_src_len is None else max_src_len

@@ -34,11 +34,12 @@ from lightning_diffusion.output_vocabulary import OutputVocabulary, warn_outside
 from lightning_diffusion.preconditioning import SkipPreconditioning
 from lightning_diffusion.samplers.base import Sampler
 from lightning_diffusion.samplers.ddim import DDIMSampler
+from lightning_diffusion.samplers.no_repeat_rounding import round_without_repeats
 from lightning_diffusion.schedules.base import NoiseSchedule
 from lightning_diffusion.selection import CandidateSelection, MBRSelection
 from lightning_diffusion.seq2seq import Generation, Seq2SeqModule
 from lightning_diffusion.timesteps import TimestepSampler, UniformTimestepSampler
-from lightning_diffusion.types import LossInputs, Seq2SeqBatch
+from lightning_diffusion.types import LossInputs, SampleOutput, Seq2SeqBatch
 from lightning_diffusion.unrolled_denoising import UnrolledDenoising
 
 log = logging.getLogger("lightning_diffusion")
@@ -124,6 +125,10 @@ class DiffusionLM(Seq2SeqModule):
             (:class:`~lightning_diffusion.output_vocabulary.OutputVocabulary`, fitted before training with the
             end and padding ids): the rounding and anchor heads, the final rounding and clamping score ``V'`` of the
             ``V`` ids (the word embedding keeps every row for the source). Default None: every id.
+        repeat_penalty: the default decoding's rounding: 0 = each position's argmax; > 0 = the best token sequence
+            under a penalty of this many nats per back-to-back repeat of a word
+            (:mod:`~lightning_diffusion.samplers.no_repeat_rounding`), like ``sampler`` a per-call setting of
+            :class:`~lightning_diffusion.decoding.Decoding`.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class DiffusionLM(Seq2SeqModule):
         noisy_x_start: bool = False,
         unrolled_denoising: UnrolledDenoising | None = None,
         output_vocabulary: OutputVocabulary | None = None,
+        repeat_penalty: float = 0.0,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, log_samples, decode_seed, decode_during_validation)
         self.save_init_arguments(injected=_INJECTED, vocab_size=vocab_size)
@@ -187,6 +193,7 @@ class DiffusionLM(Seq2SeqModule):
                 noise_beam=noise_beam,
                 selection=selection if selection is not None else MBRSelection(),
                 guidance=guidance,
+                repeat_penalty=repeat_penalty,
             )
         )
         self.timestep_sampler = timestep_sampler(schedule.num_steps)
@@ -384,17 +391,26 @@ class DiffusionLM(Seq2SeqModule):
         sampler = decoding.sampler
         if layout.tgt_mask is None:
             out = sampler.sample(denoiser, self.schedule, cond, layout.length, None, generator, on_step)
-            token_ids, nfe = out.token_ids, out.nfe
+            token_ids, nfe = self._rounded(out, None, decoding), out.nfe
         else:
             tgt_mask = layout.tgt_mask
 
             def sample_group(rows: Tensor, length: int, step: Callable[[int, int], None] | None) -> tuple[Tensor, int, None]:
-                out = sampler.sample(denoiser, self.schedule, cond.select(rows), length, tgt_mask[rows, :length], generator, step)
-                return out.token_ids, out.nfe, None
+                mask = tgt_mask[rows, :length]
+                out = sampler.sample(denoiser, self.schedule, cond.select(rows), length, mask, generator, step)
+                return self._rounded(out, mask, decoding), out.nfe, None
 
             token_ids, nfe, _ = sample_in_groups(tgt_mask, length_groups(tgt_mask.sum(-1)), sample_group, on_step)
         texts = choose_candidates(self, token_ids, layout, decoding)
         return Generation(texts=texts, nfe=nfe * decoding.calls_per_step, candidates=layout.per_source)
+
+    def _rounded(self, out: SampleOutput, tgt_mask: Tensor | None, decoding: Decoding) -> Tensor:
+        """The sampler's tokens ``[B, L]``, or with ``decoding.repeat_penalty`` its final latents rounded to the best
+        sequence under the penalty (end and padding ids may repeat)."""
+        if decoding.repeat_penalty <= 0:
+            return out.token_ids
+        ids = self.special_ids
+        return round_without_repeats(self.denoiser, out.latents, tgt_mask, (ids.eos, ids.pad), decoding.repeat_penalty)
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with: the decoding's and the schedule."""

@@ -112,11 +112,14 @@ class OutputVocabulary(nn.Module):
 def fit_output_vocabulary(vocabulary: OutputVocabulary | None, trainer: Any, vocab_size: int, keep: Iterable[int]) -> str | None:
     """Fit ``vocabulary`` on the training targets of ``trainer``'s data module (unless it is None). Already fitted
     (a resumed run's checkpoint brought the ids), check that every training target id is among them instead, so
-    that training never meets a target its head cannot emit. Returns a line for the log, or None."""
+    that training never meets a target its head cannot emit (when the trainer has a data module to count them on).
+    Returns a line for the log, or None."""
     if vocabulary is None:
         return None
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is None or not callable(getattr(datamodule, "target_token_counts", None)):
+        if vocabulary.fitted:  # fitted before this fit (a checkpoint, or by hand) and no data module to check it on
+            return None
         raise ValueError("OutputVocabulary needs the training targets' token counts: use a data module with target_token_counts()")
     counts = datamodule.target_token_counts(vocab_size).to(vocabulary.ids.device)
     if vocabulary.fitted:

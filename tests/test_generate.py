@@ -253,6 +253,11 @@ def test_flags_that_do_not_apply_fail_clearly(model: Model, capsys: pytest.Captu
     assert decoding_from_flags(autoregressive) == (autoregressive.decoding, [])  # no flags: nothing to complain about
     with pytest.raises(GenerateError, match="--length_beam 2 needs a model with a length predictor"):
         decoding_from_flags(make_canvas_model(), length_beam=2)
+    with pytest.raises(GenerateError, match="--repeat_penalty apply to diffusion models"):
+        decoding_from_flags(autoregressive, repeat_penalty=3.0)
+    assert decoding_from_flags(make_canvas_model(), repeat_penalty=3.0)[0].repeat_penalty == 3.0
+    with pytest.raises(GenerateError, match="--repeat_penalty must be a number >= 0"):
+        decoding_from_flags(make_canvas_model(), repeat_penalty=-1.0)
     with pytest.raises(SystemExit, match="--batch_size must be >= 1"):
         main(["generate", str(model.export), "--batch_size", "0", "--text+=Hi"])
     with pytest.raises(SystemExit):

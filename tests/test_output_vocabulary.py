@@ -24,7 +24,8 @@ from lightning_diffusion.discrete import (
     UniformCorruption,
 )
 from lightning_diffusion.guidance import KeywordScorer
-from lightning_diffusion.losses import X0MSE, AnchorNLL, LengthNLL, NeighbourUnlikelihood as ContinuousNeighbourUnlikelihood, RoundingNLL
+from lightning_diffusion.losses import X0MSE, AnchorNLL, LengthNLL, RoundingNLL
+from lightning_diffusion.losses import NeighbourUnlikelihood as ContinuousNeighbourUnlikelihood
 from lightning_diffusion.output_vocabulary import OutputVocabulary
 from lightning_diffusion.pretrained import export_pretrained, load_pretrained
 from lightning_diffusion.samplers import DDIMSampler

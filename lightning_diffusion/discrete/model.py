@@ -232,6 +232,11 @@ class DiscreteDiffusionLM(Seq2SeqModule):
                 f"decoding: length_beam {decoding.length_beam} needs a model with a length predictor; this model "
                 "decodes one padded canvas per source: use noise_beam for more candidates"
             )
+        if decoding.repeat_penalty > 0:
+            raise DecodingError(
+                f"decoding: repeat_penalty applies to the rounding of continuous diffusion models; {type(self).__name__} "
+                "decodes tokens (collapse_repeats is the post-process against repeated words here)"
+            )
         check_guidance(decoding.guidance, type(self).__name__, self.null_condition, tokens=True)
         return decoding
 
