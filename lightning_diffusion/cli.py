@@ -15,7 +15,7 @@ import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import CLI
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
@@ -102,7 +102,7 @@ class LightningDiffusionCLI(LightningCLI):
         parser.add_argument("--decoding.search", type=Search | None, default=None, help=f"autoregressive search (GreedySearch, BeamSearch), {what}")
         parser.add_argument("--decoding.guidance", type=Guidance | None, default=None, help=f"guidance (ClassifierFreeGuidance with --decoding.guidance.scale W, ClassifierGuidance), {what}")
         parser.add_argument("--decoding.collapse_repeats", type=bool | None, default=None, help="collapse runs of the same token into one before detokenizing (post-process, reported with the settings)")
-        parser.add_argument("--decoding.repeat_penalty", type=float | None, default=None, help=f"continuous families: round to the best token sequence under this penalty (nats) per back-to-back repeat of a word, 0 = argmax, inf = none among each position's 4 best ids; {what}")
+        parser.add_argument("--decoding.repeat_penalty", type=float | Literal["inf"] | None, default=None, help=f"continuous families: round to the best token sequence under this penalty (nats) per back-to-back repeat of a word, 0 = argmax, inf = none among each position's 4 best ids; {what}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._argv = list(args) if isinstance(args, (list, tuple)) else list(sys.argv[1:]) if args is None else []
@@ -130,7 +130,7 @@ class LightningDiffusionCLI(LightningCLI):
             raise DecodingError(
                 f"{names}: replaced by the hyperparameters stored in {self.config[subcommand].get('ckpt_path')} (the "
                 "model is rebuilt as it was trained). Change decoding with --decoding.steps, --decoding.sampler, "
-                "--decoding.length_beam, --decoding.noise_beam or --decoding.search instead"
+                "--decoding.length_beam, --decoding.noise_beam, --decoding.search or --decoding.repeat_penalty instead"
             )
 
     def _apply_decoding(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -113,8 +115,7 @@ class Decoding:
     repeat_penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.repeat_penalty, (int, float)) or isinstance(self.repeat_penalty, bool) or not self.repeat_penalty >= 0:
-            raise DecodingError(f"decoding: repeat_penalty must be a number >= 0 (inf allowed), got {self.repeat_penalty!r}")
+        object.__setattr__(self, "repeat_penalty", _penalty(self.repeat_penalty))
         for name in ("length_beam", "noise_beam"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -205,6 +206,15 @@ class Decoding:
             f"{self.sampler.describe()}{guided}, {beams}{chosen}{rounding}{collapsed}, NFE {self.nfe} per candidate "
             "(candidates decoded in parallel)"
         )
+
+
+def _penalty(value: Any) -> float:
+    """A repeat penalty as a float >= 0: any real number, or ``"inf"`` (what a command line gives)."""
+    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", ".inf", "infinity"):
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0:
+        raise DecodingError(f"decoding: repeat_penalty must be a number >= 0 (or inf), got {value!r}")
+    return float(value)
 
 
 def collapse_repeats(ids: list[int]) -> list[int]:

@@ -37,7 +37,7 @@ from lightning_diffusion.data.jsonl import DataError, jsonl_line, read_examples,
 from lightning_diffusion.data.sources import source_batch
 from lightning_diffusion.data.tokenizer import TokenizerError
 from lightning_diffusion.decoding import Decoding, DecodingError, decode_batch
-from lightning_diffusion.generate import GenerateError, decoding_from_flags, trained_max_src_len
+from lightning_diffusion.decoding_flags import GenerateError, decoding_from_flags, trained_max_src_len
 from lightning_diffusion.pretrained import WEIGHTS_FILE, CheckpointError, load_pretrained
 from lightning_diffusion.samplers.chain import ChainSampler
 from lightning_diffusion.seq2seq import Seq2SeqModule

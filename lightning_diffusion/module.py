@@ -124,7 +124,9 @@ class DiffusionLM(Seq2SeqModule):
         output_vocabulary: round to the training targets' ids only
             (:class:`~lightning_diffusion.output_vocabulary.OutputVocabulary`, fitted before training with the
             end and padding ids): the rounding and anchor heads, the final rounding and clamping score ``V'`` of the
-            ``V`` ids (the word embedding keeps every row for the source). Default None: every id.
+            ``V`` ids (the word embedding keeps every row for the source). A denoiser with a token head of its own
+            (CDCD's :class:`~lightning_diffusion.denoisers.ScoreInterpolationDenoiser`) still scores every id there.
+            Default None: every id.
         repeat_penalty: the default decoding's rounding: 0 = each position's argmax; > 0 = the best token sequence
             under a penalty of this many nats per back-to-back repeat of a word
             (:mod:`~lightning_diffusion.samplers.no_repeat_rounding`), like ``sampler`` a per-call setting of
@@ -406,11 +408,12 @@ class DiffusionLM(Seq2SeqModule):
 
     def _rounded(self, out: SampleOutput, tgt_mask: Tensor | None, decoding: Decoding) -> Tensor:
         """The sampler's tokens ``[B, L]``, or with ``decoding.repeat_penalty`` its final latents rounded to the best
-        sequence under the penalty (end and padding ids may repeat)."""
+        sequence under the penalty (on a padded canvas, ``tgt_mask`` None, the end and padding ids may repeat)."""
         if decoding.repeat_penalty <= 0:
             return out.token_ids
         ids = self.special_ids
-        return round_without_repeats(self.denoiser, out.latents, tgt_mask, (ids.eos, ids.pad), decoding.repeat_penalty)
+        exempt = (ids.eos, ids.pad) if tgt_mask is None else ()
+        return round_without_repeats(self.denoiser, out.latents, tgt_mask, exempt, decoding.repeat_penalty)
 
     def decoding_settings(self, decoding: Decoding | None = None) -> str:
         """The settings every reported score comes with: the decoding's and the schedule."""

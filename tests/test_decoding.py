@@ -228,10 +228,10 @@ def test_validate_applies_decoding_overrides_on_a_checkpoint(
     settings = changed.model.last_report.settings
     assert "DDIMSampler(steps=2" in settings and "length beam 1 x noise beam 2" in settings and "NFE 2" in settings
 
-    switched = run_cli([*base, "--decoding.sampler", "AncestralSampler", "--decoding.collapse_repeats", "true", "--decoding.repeat_penalty", "3"])
+    switched = run_cli([*base, "--decoding.sampler", "AncestralSampler", "--decoding.collapse_repeats", "true", "--decoding.repeat_penalty", "inf"])
     assert switched.model.last_report.settings.startswith("AncestralSampler(steps=3")
     assert "consecutive repeated tokens collapsed" in switched.model.last_report.settings
-    assert "rounding with repeat penalty 3" in switched.model.last_report.settings
+    assert "rounding with repeat penalty inf" in switched.model.last_report.settings
 
     with pytest.raises(SystemExit, match=r"--model\.sampler\.steps: replaced by the hyperparameters stored in"):
         run_cli([*base, "--model.sampler.steps", "10"])

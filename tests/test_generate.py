@@ -271,7 +271,9 @@ def test_collapse_repeats_flag_is_reported(model: Model, capsys: pytest.CaptureF
     out, err = generate_in_process(capsys, model.export, SOURCES[0], "--collapse_repeats", "true")
     assert len(out) == 1 and "consecutive repeated tokens collapsed" in err
     _, plain = generate_in_process(capsys, model.export, SOURCES[0])
-    assert "collapsed" not in plain
+    assert "collapsed" not in plain and "repeat penalty" not in plain
+    out, err = generate_in_process(capsys, model.export, SOURCES[0], "--repeat_penalty", "inf")  # as typed on a command line
+    assert len(out) == 1 and "rounding with repeat penalty inf" in err
 
 
 def test_bytes_that_are_not_utf8_are_replaced_never_fatal(model: Model, tmp_path: Path) -> None:

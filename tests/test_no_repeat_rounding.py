@@ -125,3 +125,23 @@ def test_generate_applies_the_repeat_penalty_per_call_and_other_models_refuse_it
     ar = AutoregressiveLM(network=lambda v: TransformerSeq2Seq(v, hidden_dim=16, encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=32), vocab_size=40)
     with pytest.raises(DecodingError, match="repeat_penalty applies to the rounding of continuous diffusion models"):
         ar.decoding.replace(repeat_penalty=1.0)
+
+
+def test_the_penalty_takes_any_real_number_or_inf_as_typed() -> None:
+    import numpy as np
+
+    from lightning_diffusion.decoding import Decoding, DecodingError
+    from lightning_diffusion.samplers import DDIMSampler
+
+    decoding = Decoding(sampler=DDIMSampler(steps=2))
+    assert decoding.replace(repeat_penalty="inf").repeat_penalty == math.inf
+    assert decoding.replace(repeat_penalty=np.float32(2.5)).repeat_penalty == 2.5
+    assert isinstance(decoding.replace(repeat_penalty=3).repeat_penalty, float)
+    for bad in (-1.0, float("nan"), "three", True):
+        with pytest.raises(DecodingError, match="repeat_penalty must be a number >= 0"):
+            decoding.replace(repeat_penalty=bad)
+    # a huge finite penalty is no NaN: it forbids the repeat like inf
+    scores = torch.tensor([[[-0.1, -2.5], [-0.2, -3.0]]])
+    ids = torch.tensor([[[7, 8], [7, 9]]])
+    counted = torch.ones_like(ids, dtype=torch.bool)
+    assert best_sequence_without_repeats(scores, ids, counted, 1e39).tolist() == [[8, 7]]

@@ -282,6 +282,19 @@ def test_continuous_decoding_rounds_and_clamps_to_kept_ids_only() -> None:
     assert on_rows.all()
 
 
+def test_rounding_without_repeats_maps_the_kept_columns_back_to_token_ids() -> None:
+    from lightning_diffusion.samplers.no_repeat_rounding import round_without_repeats
+
+    module, _, _ = continuous_with_vocabulary()
+    denoiser = module.denoiser
+    kept = torch.isin(torch.arange(VOCAB), denoiser.output_vocabulary.ids)
+    z = torch.randn(5, 7, denoiser.latent_dim, generator=torch.Generator().manual_seed(2)) * 3
+    chosen = round_without_repeats(denoiser, z, None, exempt=(), penalty=0.0)
+    assert torch.equal(chosen, denoiser.logits(z).argmax(-1))  # penalty 0: the argmax, as ids, not columns
+    chosen = round_without_repeats(denoiser, z, None, exempt=(), penalty=float("inf"))
+    assert kept[chosen].all() and not (chosen[:, 1:] == chosen[:, :-1]).any()
+
+
 def test_continuous_evaluation_skips_unknown_targets_and_neighbour_unlikelihood_reads_columns() -> None:
     module, batch, counts = continuous_with_vocabulary(loss_terms=[X0MSE(), AnchorNLL(), ContinuousNeighbourUnlikelihood(), LengthNLL()])
     module.train()

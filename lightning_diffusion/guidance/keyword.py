@@ -13,7 +13,9 @@ from lightning_diffusion.guidance.classifier import LatentScorer
 class KeywordScorer(LatentScorer):
     """``sum_k log sum_l p_l(k)`` ``[B]``: for each keyword ``k``, the log of its expected count over the positions
     ``l`` that exist under the rounding head, ``p_l = softmax(denoiser.logits(x0))_l`` (a logsumexp over positions of
-    ``log_softmax[..., k]``; close to the log-probability that ``k`` appears when it appears at most once).
+    ``log_softmax[..., k]``; close to the log-probability that ``k`` appears when it appears at most once), computed
+    over the denoiser's output vocabulary (``kept_logits``: the same probabilities, the other ids have none); a
+    keyword outside it is refused.
 
     Args:
         token_ids: the keyword's token ids (each should appear).

@@ -42,10 +42,7 @@ def best_sequence_without_repeats(scores: Tensor, ids: Tensor, counted: Tensor, 
         same = ids[:, position, :, None] == ids[:, position - 1, None, :]  # [B, K (here), K (before)]
         same &= counted[:, position, :, None] & counted[:, position - 1, None, :]
         before = best[:, None, :].expand(b, k, k)
-        if math.isinf(penalty):
-            before = before.masked_fill(same, float("-inf"))
-        else:
-            before = before - penalty * same.to(before.dtype)
+        before = torch.where(same, before - penalty, before)  # inf: -inf (with K >= 2 some predecessor stays finite)
         value, arg = before.max(-1)  # [B, K]
         back.append(arg)
         best = scores[:, position].float() + value
@@ -73,26 +70,27 @@ def round_without_repeats(
     Args:
         tgt_mask: ``[B, L]`` bool, the positions that exist (a repeat across the end of a candidate costs nothing);
             None = all.
-        exempt: ids that may repeat (end and padding).
+        exempt: ids that may repeat (a padded canvas's end and padding; none where ``tgt_mask`` bounds the sentence,
+            so that an end token never buys its way in to avoid a repeat).
         penalty: log-probability charged per back-to-back repeat (``inf``: none among the candidates).
         max_elements: rows are rounded in chunks of at most about this many head logits (memory).
     """
     b, length, _ = z.shape
-    k = max(1, min(candidates, denoiser.vocab_size))
-    exempt_ids = torch.tensor(list(exempt), dtype=torch.long, device=z.device)
-    rows_per_chunk = max(1, max_elements // max(1, length * denoiser.vocab_size))
-    out = torch.empty(b, length, dtype=torch.long, device=z.device)
-    for start in range(0, b, rows_per_chunk):
-        rows = slice(start, start + rows_per_chunk)
-        log_probs = torch.log_softmax(denoiser.kept_logits(z[rows]).float(), dim=-1)  # [b', L, V']
-        scores, columns = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)  # [b', L, K]
+    kept = denoiser.kept_table().shape[0]  # V': the head's width
+    k = max(1, min(candidates, kept))
+    rows_per_chunk = max(1, max_elements // max(1, length * kept))
+    scores, ids = [], []
+    for start in range(0, b, rows_per_chunk):  # the head in chunks (memory), the dynamic programme once
+        log_probs = torch.log_softmax(denoiser.kept_logits(z[start : start + rows_per_chunk]).float(), dim=-1)  # [b', L, V']
+        top, columns = log_probs.topk(k, dim=-1)  # [b', L, K]
         del log_probs
-        ids = denoiser.kept_ids(columns)
-        counted = ~torch.isin(ids, exempt_ids)
-        if tgt_mask is not None:
-            counted &= tgt_mask[rows, :, None]
-        out[rows] = best_sequence_without_repeats(scores, ids, counted, penalty)
-    return out
+        scores.append(top)
+        ids.append(denoiser.kept_ids(columns))
+    candidate_ids = torch.cat(ids)  # [B, L, K]
+    counted = ~torch.isin(candidate_ids, torch.tensor(list(exempt), dtype=torch.long, device=z.device))
+    if tgt_mask is not None:
+        counted &= tgt_mask[..., None]
+    return best_sequence_without_repeats(torch.cat(scores), candidate_ids, counted, penalty)
 
 
 __all__ = ["best_sequence_without_repeats", "round_without_repeats"]
