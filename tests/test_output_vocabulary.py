@@ -32,6 +32,19 @@ from lightning_diffusion.samplers import DDIMSampler
 from lightning_diffusion.samplers.rounding import round_to_tokens
 
 
+def capture_loss_inputs(module) -> dict:
+    """Wrap the module's first loss term so that the inputs of its next call land in the returned dict."""
+    captured = {}
+    original = module.loss_terms[0].forward
+
+    def spy(inputs):
+        captured["inputs"] = inputs
+        return original(inputs)
+
+    module.loss_terms[0].forward = spy
+    return captured
+
+
 def fitted(counts: list[int], keep: tuple[int, ...] = (), min_count: int = 1) -> OutputVocabulary:
     vocabulary = OutputVocabulary(min_count=min_count)
     vocabulary.fit(torch.tensor(counts), keep)
@@ -169,14 +182,7 @@ def test_discrete_losses_over_the_kept_ids_equal_the_full_head_with_minus_inf(ba
     )
     module.denoiser.output_vocabulary.fit(torch.bincount(batch.tgt_ids[batch.tgt_mask], minlength=vocab), (module.special_ids.pad,))
     ids = module.denoiser.output_vocabulary.ids
-    captured = {}
-    original = module.loss_terms[0].forward
-
-    def spy(inputs):
-        captured["inputs"] = inputs
-        return original(inputs)
-
-    module.loss_terms[0].forward = spy
+    captured = capture_loss_inputs(module)
     module.train()
     loss, _ = module.compute_losses(batch)
     inputs = captured["inputs"]
@@ -236,14 +242,7 @@ def test_continuous_rounding_and_anchor_losses_over_the_kept_ids_equal_the_full_
     module, batch, _ = continuous_with_vocabulary(loss_terms=[RoundingNLL(), AnchorNLL(label_smoothing=0.1), LengthNLL()])
     denoiser, ids = module.denoiser, module.denoiser.output_vocabulary.ids
     assert 4 < ids.numel() < VOCAB
-    captured = {}
-    original = module.loss_terms[0].forward
-
-    def spy(inputs):
-        captured["inputs"] = inputs
-        return original(inputs)
-
-    module.loss_terms[0].forward = spy
+    captured = capture_loss_inputs(module)
     module.train()
     _, terms, _, _ = module.compute_losses(batch)
     inputs = captured["inputs"]

@@ -76,13 +76,11 @@ def round_without_repeats(
         max_elements: rows are rounded in chunks of at most about this many head logits (memory).
     """
     b, length, _ = z.shape
-    kept = denoiser.kept_table().shape[0]  # V': the head's width
-    k = max(1, min(candidates, kept))
-    rows_per_chunk = max(1, max_elements // max(1, length * kept))
+    rows_per_chunk = max(1, max_elements // max(1, length * denoiser.vocab_size))  # V bounds the head's width V'
     scores, ids = [], []
     for start in range(0, b, rows_per_chunk):  # the head in chunks (memory), the dynamic programme once
         log_probs = torch.log_softmax(denoiser.kept_logits(z[start : start + rows_per_chunk]).float(), dim=-1)  # [b', L, V']
-        top, columns = log_probs.topk(k, dim=-1)  # [b', L, K]
+        top, columns = log_probs.topk(max(1, min(candidates, log_probs.shape[-1])), dim=-1)  # [b', L, K]
         del log_probs
         scores.append(top)
         ids.append(denoiser.kept_ids(columns))
