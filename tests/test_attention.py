@@ -125,3 +125,27 @@ def test_xformers_matches_sdpa_with_padding_mask(dtype, n):
     torch.testing.assert_close(out_x, out_s, atol=tol, rtol=tol)
     set_backend(None)
     assert backend_for(q) == "xformers"
+
+
+def test_cpu_bf16_attention_runs_in_float32_and_returns_bf16(monkeypatch):
+    """bf16 inputs on CPU (bf16-mixed autocast or bf16 weights): SDPA runs in float32 (its CPU bf16 kernels are
+    ~3.5x slower), also inside CPU autocast, which would otherwise cast its inputs back to bf16; the result and the
+    gradients are bf16."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        out = sdpa(q, k, v, **kwargs)
+        seen.append((q.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention", recording_sdpa)
+    q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in _qkv(seed=3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, MASK)
+    assert seen == [(torch.float32, torch.float32)]
+    assert out.dtype == torch.bfloat16
+    expected = reference_attention(q.float(), k.float(), v.float(), MASK)
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()

@@ -346,7 +346,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         scored = loss_mask.bool()
         with torch.no_grad():  # the head at the scored positions only (a length model's padding needs no pick)
             hidden = self.denoiser.hidden_states(prior, torch.ones(b, device=target.device), cond, attention_mask)
-            picks = target.masked_scatter(scored, self.denoiser.kept_ids(self.denoiser.kept_logits(hidden[scored]).argmax(-1)))
+            picks = target.masked_scatter(scored, self.denoiser.kept_ids(self.denoiser.kept_logits(hidden[scored]).float().argmax(-1)))
         keep = self.glancing.revealed(picks, target, scored, self.global_step)
         clean_share = keep.sum(-1).float() / scored.sum(-1).clamp_min(1).float()
         glanced_t = self.schedule.time_at(clean_share).clamp(self.time_epsilon, 1.0)
