@@ -26,6 +26,7 @@ from lightning_diffusion.autoregressive.search import Search
 from lightning_diffusion.averaging import average
 from lightning_diffusion.commands import COMMANDS as COMMANDS  # re-exported: the command table lives there
 from lightning_diffusion.commands import usage
+from lightning_diffusion.cpu_bf16 import warn_if_emulated
 from lightning_diffusion.data import Seq2SeqDataModule
 from lightning_diffusion.data.jsonl import DataError
 from lightning_diffusion.data.tokenizer import TokenizerError
@@ -215,7 +216,9 @@ class LightningDiffusionCLI(LightningCLI):
             given = trainer_config.get("callbacks") or []
             kwargs["callbacks"] = [*(given if isinstance(given, list) else [given]), *added]
             kwargs.update(options)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        warn_if_emulated(trainer.precision, trainer.strategy.root_device.type)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         export = self._export_dir()
