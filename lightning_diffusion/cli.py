@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import CLI
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -217,7 +218,7 @@ class LightningDiffusionCLI(LightningCLI):
             kwargs["callbacks"] = [*(given if isinstance(given, list) else [given]), *added]
             kwargs.update(options)
         trainer = super().instantiate_trainer(**kwargs)
-        warn_if_emulated(trainer.precision, trainer.strategy.root_device.type)
+        warn_if_emulated(trainer.precision, isinstance(trainer.accelerator, CPUAccelerator))
         return trainer
 
     def before_instantiate_classes(self) -> None:

@@ -1,6 +1,6 @@
 """bf16 mixed precision on CPU: whether this CPU computes bf16 natively, and a warning when it does not.
 
-``--trainer.precision bf16-mixed`` (or ``-c recipes/overlays/cpu_bf16.yaml``) runs the matmuls of the training
+``--trainer.precision bf16-mixed`` runs the matmuls of the training
 step in bf16 under CPU autocast. On a CPU with bf16 instructions (x86 ``avx512_bf16`` or ``amx_bf16``: AMD Zen 4+,
 Intel Cooper Lake / Sapphire Rapids+) oneDNN's bf16 matmuls are several times faster than float32 ones; elsewhere
 bf16 is emulated and the step gets slower than float32. Attention stays float32 on CPU
@@ -9,8 +9,9 @@ bf16 is emulated and the step gets slower than float32. Attention stays float32 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -29,18 +30,18 @@ def native_bf16_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     return None
 
 
-def warn_if_emulated(precision: str, accelerator: str, native: bool | None = None) -> bool:
-    """Warn when a bf16 precision trains on a CPU without bf16 instructions (slower than ``32-true`` there).
-    ``native`` defaults to :func:`native_bf16_cpu`. Returns whether it warned."""
-    if not str(precision).startswith("bf16") or accelerator != "cpu":
+def warn_if_emulated(precision: str, on_cpu: bool, native: bool | None = None) -> bool:
+    """Warn (on rank 0) when a bf16 precision runs on a CPU without bf16 instructions (slower than ``32-true``
+    there). ``native`` defaults to :func:`native_bf16_cpu`. Returns whether it warned."""
+    if not str(precision).startswith("bf16") or not on_cpu:
         return False
     native = native_bf16_cpu() if native is None else native
     if native is not False:
         return False
-    warnings.warn(
+    rank_zero_warn(
         f"trainer.precision={precision} on a CPU without bf16 instructions (none of {', '.join(NATIVE_FLAGS)} in "
-        "/proc/cpuinfo): bf16 is emulated there and training is likely slower than with precision 32-true",
-        stacklevel=2,
+        "/proc/cpuinfo): bf16 is emulated there and this run is likely slower than with precision 32-true",
+        category=UserWarning,
     )
     return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -139,7 +140,7 @@ def test_cpu_bf16_attention_runs_in_float32_and_returns_bf16(monkeypatch):
         seen.append((q.dtype, out.dtype))
         return out
 
-    monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention", recording_sdpa)
+    monkeypatch.setattr(attn_mod, "F", SimpleNamespace(scaled_dot_product_attention=recording_sdpa))
     q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in _qkv(seed=3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attention(q, k, v, MASK)

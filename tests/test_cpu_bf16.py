@@ -39,13 +39,13 @@ def test_native_bf16_cpu_reads_the_flags(tmp_path: Path) -> None:
 
 def test_warns_only_for_bf16_on_a_cpu_without_bf16_instructions() -> None:
     with pytest.warns(UserWarning, match="bf16-mixed on a CPU without bf16 instructions"):
-        assert warn_if_emulated("bf16-mixed", "cpu", native=False) is True
+        assert warn_if_emulated("bf16-mixed", True, native=False) is True
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert warn_if_emulated("bf16-mixed", "cpu", native=True) is False
-        assert warn_if_emulated("bf16-mixed", "cpu", native=None) is False  # unknown: no claim
-        assert warn_if_emulated("bf16-mixed", "cuda", native=False) is False
-        assert warn_if_emulated("32-true", "cpu", native=False) is False
+        assert warn_if_emulated("bf16-mixed", True, native=True) is False
+        assert warn_if_emulated("bf16-mixed", True, native=None) is False  # unknown: no claim
+        assert warn_if_emulated("bf16-mixed", False, native=False) is False  # a GPU
+        assert warn_if_emulated("32-true", True, native=False) is False
 
 
 @pytest.mark.parametrize("key", FAMILY_RECIPES)

@@ -346,6 +346,7 @@ class DiscreteDiffusionLM(Seq2SeqModule):
         scored = loss_mask.bool()
         with torch.no_grad():  # the head at the scored positions only (a length model's padding needs no pick)
             hidden = self.denoiser.hidden_states(prior, torch.ones(b, device=target.device), cond, attention_mask)
+            # float(): under CPU bf16 autocast, argmax over bf16 logits took 12 ms a call against ~3 ms in float32
             picks = target.masked_scatter(scored, self.denoiser.kept_ids(self.denoiser.kept_logits(hidden[scored]).float().argmax(-1)))
         keep = self.glancing.revealed(picks, target, scored, self.global_step)
         clean_share = keep.sum(-1).float() / scored.sum(-1).clamp_min(1).float()
