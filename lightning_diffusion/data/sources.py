@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from lightning_diffusion.data.datamodule import TokenizedExample, collate_examples
+from lightning_diffusion.data.examples import TokenizedExample, collate_examples
 from lightning_diffusion.data.tokenizer import SpecialIds
 from lightning_diffusion.types import Seq2SeqBatch
 
