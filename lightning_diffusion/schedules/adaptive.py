@@ -48,8 +48,8 @@ class AdaptiveSchedule(NoiseSchedule):
         num_bins: timestep bins of the loss statistics.
         min_count: a position is refit only when every bin has at least this many recorded tokens.
         s: the sqrt schedule's offset used for the initial table.
-        refit_every: refit interval ``K`` in training steps (the recipes: 1000; the official SeqDiffuSeq scripts: 10,000-20,000;
-            earlier refits scored worse at CPU scale, benchmarks/RESULTS.md session 14).
+        refit_every: refit interval ``K`` in training steps (the recipes: 1000; the official SeqDiffuSeq
+            scripts: 10,000-20,000; earlier refits scored worse at CPU scale, benchmarks/RESULTS.md session 14).
         refit_warmup: no refit before this step (the statistics keep accumulating).
     """
 
