@@ -149,4 +149,4 @@ def test_cpu_bf16_attention_runs_in_float32_and_returns_bf16(monkeypatch):
     expected = reference_attention(q.float(), k.float(), v.float(), MASK)
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
     out.float().sum().backward()
-    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+    assert q.grad is not None and torch.isfinite(q.grad.float()).all()
