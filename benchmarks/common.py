@@ -411,12 +411,13 @@ def decode_batches(module: Any, batches: Sequence[Any] | Any, seed: int = 0, dec
     )
 
 
-def score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def score(rows: Sequence[dict[str, Any]], vocabulary: frozenset[str] | None = None) -> dict[str, Any]:
     """sacreBLEU (score + signature), ROUGE-1/2/L F1 (x100, stemmed) against the single references, and the output
-    health counts (empty hypotheses, U+FFFD, repeated words), from :func:`lightning_diffusion.evaluation.evaluate`."""
+    health counts (empty hypotheses, U+FFFD, repeated words and bigrams; with ``vocabulary``, the training
+    references' words, hypotheses with an unseen word), from :func:`lightning_diffusion.evaluation.evaluate`."""
     from lightning_diffusion.evaluation import evaluate
 
-    report = evaluate(rows, settings="", samples=0)
+    report = evaluate(rows, settings="", samples=0, vocabulary=vocabulary)
     return {
         "bleu": round(report.bleu, 2),
         "bleu_signature": report.signature,
@@ -427,6 +428,7 @@ def score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "replacement_char_hypotheses": report.replacement_chars,
         "repeated_word_hypotheses": report.repeats,
         "repeated_bigram_hypotheses": report.repeated_bigrams,
+        "unseen_word_hypotheses": report.unseen_words,
     }
 
 

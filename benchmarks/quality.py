@@ -8,6 +8,7 @@ Used by ``benchmarks.translation`` (sacreBLEU) and ``benchmarks.summarization`` 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import resource
@@ -505,7 +506,40 @@ def count_examples(path: Path) -> int:
     return len(examples)
 
 
-HEALTH_KEYS = ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses", "repeated_bigram_hypotheses")
+HEALTH_KEYS = (
+    "empty_hypotheses",
+    "replacement_char_hypotheses",
+    "repeated_word_hypotheses",
+    "repeated_bigram_hypotheses",
+    "unseen_word_hypotheses",
+)
+
+
+@functools.lru_cache(maxsize=4)
+def reference_vocabulary(train_file: Path) -> frozenset[str] | None:
+    """The words of a task's training references (the task's own file, never a distilled one), for the count of
+    hypotheses with a word never seen there (:func:`lightning_diffusion.evaluation.has_unseen_word`); None when the
+    file is not there."""
+    from lightning_diffusion.data.jsonl import read_examples
+    from lightning_diffusion.evaluation import known_words
+
+    if not train_file.is_file():
+        return None
+    examples, _ = read_examples(str(train_file), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep")
+    return known_words(example.tgt or "" for example in examples)
+
+
+def references_unseen_words(test_file: Path, train_file: Path, used: int) -> int | None:
+    """How many of the first ``used`` test references hold a word the training references never do: the level a
+    system's unseen-word count is read against (new compounds and names are common in a test set)."""
+    from lightning_diffusion.data.jsonl import read_examples
+    from lightning_diffusion.evaluation import has_unseen_word
+
+    vocabulary = reference_vocabulary(train_file)
+    if vocabulary is None:
+        return None
+    examples, _ = read_examples(str(test_file), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep")
+    return sum(1 for example in examples[:used] if has_unseen_word(example.tgt or "", vocabulary))
 
 
 def with_health_rates(scores: dict[str, Any], sentences: int) -> dict[str, Any]:
@@ -526,6 +560,7 @@ def evaluate(system: System, task: Task, run_root: Path, opts: Any, say: Progres
     dm = build_datamodule(run, test_file, opts.test_examples if opts.test_examples > 0 else None)
     attach(module, dm)
     batches = list(dm.test_dataloader())
+    vocabulary = reference_vocabulary(task.files(Path(opts.data_root))["train"])
     out: dict[str, Any] = {
         "parameters": parameter_count(module),
         "checkpoint": rel(run.checkpoint),
@@ -539,7 +574,7 @@ def evaluate(system: System, task: Task, run_root: Path, opts: Any, say: Progres
             f"{task.name}/{system.name}: decoding {len(dm.datasets['test'])} test examples ({name}: {fields['settings']})"
         )
         decoded = decode_batches(module, batches, opts.seed, chosen)
-        scores = with_health_rates(score(decoded.rows), decoded.sentences)
+        scores = with_health_rates(score(decoded.rows, vocabulary), decoded.sentences)
         hyp_path = write_rows(run_root / f"hypotheses_{name}.jsonl", decoded.rows)
         summary = decoded.summary()
         out["evaluations"].append(
@@ -558,8 +593,8 @@ def evaluate(system: System, task: Task, run_root: Path, opts: Any, say: Progres
             f"{scores['rouge2']:.1f}/{scores['rougeL']:.1f} on {decoded.sentences} sentences "
             f"({summary['decode_seconds']:.1f} s, {summary['sentences_per_second']} sentences/s); "
             f"empty {scores['empty_hypotheses']}, U+FFFD {scores['replacement_char_hypotheses']}, repeated word "
-            f"{scores['repeated_word_hypotheses']}, repeated bigram {scores['repeated_bigram_hypotheses']} of "
-            f"{decoded.sentences}"
+            f"{scores['repeated_word_hypotheses']}, repeated bigram {scores['repeated_bigram_hypotheses']}, unseen word "
+            f"{scores['unseen_word_hypotheses']} of {decoded.sentences}"
         )
         if i == 0:
             primary_rows = decoded.rows
@@ -582,6 +617,7 @@ def curve(
     if budget_settings(opts)["curve_at_cpu_minutes"] == [] or opts.curve_examples <= 0:
         return []
     primary = next(iter(system.decodings.values()))
+    vocabulary = reference_vocabulary(task.files(Path(opts.data_root))["train"])
     clock = read_clock(run)
     points = []
     snapshots = clock.get("snapshots", [])
@@ -603,7 +639,7 @@ def curve(
                 "train_seconds": snap["train_seconds"],
                 "sentences": decoded.sentences,
                 "source": f"snapshot {snap['path']}",
-                **with_health_rates(score(decoded.rows), decoded.sentences),
+                **with_health_rates(score(decoded.rows, vocabulary), decoded.sentences),
             }
         )
         say(
@@ -619,7 +655,7 @@ def curve(
                 "train_seconds": clock.get("train_seconds"),
                 "sentences": len(subset),
                 "source": "final checkpoint",
-                **with_health_rates(score(subset), len(subset)),
+                **with_health_rates(score(subset, vocabulary), len(subset)),
             }
         )
     return points
@@ -701,6 +737,7 @@ def run_task(task: Task, systems: list[System], opts: Any, say: Progress, tasks:
             "test_examples": used,
             "test_examples_total": total,
             "test_selection": "all" if used == total else f"first {used} of {total} in file order",
+            "test_references_unseen_words": references_unseen_words(files["test"], files["train"], used),
             "distill": distill,
         },
         "systems": [],

@@ -86,6 +86,7 @@ HEALTH = (
     ("replacement_char_hypotheses", "U+FFFD"),
     ("repeated_word_hypotheses", "repeated word (repetition rate)"),
     ("repeated_bigram_hypotheses", "repeated bigram"),
+    ("unseen_word_hypotheses", "unseen word"),
 )
 
 
@@ -125,6 +126,12 @@ def data_text(data: dict[str, Any]) -> list[str]:
         f"Test set: {d['test_examples']:,} of {d['test_examples_total']:,} examples ({d['test_selection']}) of "
         f"`{d['test_file']}`{origin}."
     ]
+    if d.get("test_references_unseen_words") is not None and d.get("test_examples"):
+        n = d["test_references_unseen_words"]
+        lines.append(
+            f"Test references holding a word the training references never do: {n:,} of {d['test_examples']:,} "
+            f"({n / d['test_examples']:.1%}), the level the unseen-word column is read against."
+        )
     train = f"Training data: `{d['train_file']}`"
     if d.get("train_examples") is not None:
         train += f" ({d['train_examples']:,} pairs)"
@@ -246,7 +253,9 @@ def quality_markdown(data: dict[str, Any]) -> str:
         "params / baseline: parameters as a share of the autoregressive baseline's. Train CPU: process CPU seconds "
         "of training (the budget's clock); train wall: wall seconds of the same span. Output health, as count (share "
         "of the hypotheses): empty hypotheses (of a non-empty source), hypotheses containing U+FFFD, hypotheses with "
-        "a word repeated back to back (the repetition rate)."
+        "a word repeated back to back (the repetition rate), with two consecutive words seen twice (repeated "
+        "bigram), with a word (sacreBLEU 13a tokens) found nowhere in the task's training references (unseen word: "
+        "subword pieces glued into a non-word, or a rare name or number)."
     )
     out.append("")
     if capped:

@@ -26,6 +26,7 @@ from benchmarks.quality import (  # noqa: E402
     benchmark_overlay,
     distill_record,
     keep_previous_results,
+    reference_vocabulary,
     resolve_options,
 )
 from benchmarks.systems import SYSTEMS, TASKS, System  # noqa: E402
@@ -469,6 +470,8 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
     (ev,) = diff["evaluations"]
     assert ev["decoding"] == "recipe" and ev["sentences"] == 12
     assert ev["bleu_signature"].startswith("nrefs:1|")
+    # unseen words: counted against the task's training references, the test references' own count beside them
+    assert 0 <= ev["unseen_word_hypotheses"] <= 12 and 0 <= data["data"]["test_references_unseen_words"] <= 12
     assert 0 <= ev["bleu"] <= 100
     assert (
         ev["sampling_steps"] == 3 and ev["nfe_mean"] == 3 and ev["length_beam"] == 2 and ev["noise_beam"] == 1
@@ -542,6 +545,8 @@ def test_report_renders_health_counts_and_the_test_file_scored() -> None:
         "replacement_char_hypotheses_rate": 0.0,
         "repeated_word_hypotheses": 2,
         "repeated_word_hypotheses_rate": 0.25,
+        "unseen_word_hypotheses": 3,
+        "unseen_word_hypotheses_rate": 0.375,
     }
     data = {
         "benchmark": "translation",
@@ -554,6 +559,7 @@ def test_report_renders_health_counts_and_the_test_file_scored() -> None:
             "test_examples": 8,
             "test_examples_total": 1000,
             "test_selection": "first 8 of 1000 in file order",
+            "test_references_unseen_words": 2,
             "train_file": "x/train.jsonl",
         },
         "settings": {
@@ -587,7 +593,9 @@ def test_report_renders_health_counts_and_the_test_file_scored() -> None:
     md = report.quality_markdown(data)
     assert "`x/test.jsonl`, Multi30k test_2016_flickr" in md and "first 8 of 1000" in md
     assert "10 CPU-minutes (preset `headline`)" in md
-    assert "| 1 (12.5%) | 0 (0.0%) | 2 (25.0%) |" in md
+    assert "| 1 (12.5%) | 0 (0.0%) | 2 (25.0%) | – | 3 (37.5%) |" in md  # no repeated-bigram count recorded: –
+    assert "| unseen word |" in md and "found nowhere in the task's training references" in md
+    assert "Test references holding a word the training references never do: 2 of 8 (25.0%)" in md
     assert "| ar | no | recipe |" in md and "| d | yes | recipe |" in md
     assert (
         "| 50% |" in md and "90.00 (stopped early)" in md and "(the wall-clock cap or --max-steps): d." in md
@@ -748,3 +756,13 @@ def test_decode_memory_tiny_run(tmp_path: Path) -> None:
         and "*extrapolated*" in md
         and "Command: `python -m benchmarks." in md
     )
+
+
+def test_the_unseen_word_count_reads_the_tasks_own_training_references(tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        json.dumps({"src": "A man.", "tgt": "Ein Mann."}) + "\n" + json.dumps({"src": "A dog", "tgt": "Ein Hund"}) + "\n",
+        encoding="utf-8",
+    )
+    assert reference_vocabulary(train) == frozenset({"Ein", "Mann", ".", "Hund"})  # targets only, 13a words
+    assert reference_vocabulary(tmp_path / "missing.jsonl") is None  # the column then reads "–"
