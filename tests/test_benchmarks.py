@@ -766,3 +766,32 @@ def test_the_unseen_word_count_reads_the_tasks_own_training_references(tmp_path:
     )
     assert reference_vocabulary(train) == frozenset({"Ein", "Mann", ".", "Hund"})  # targets only, 13a words
     assert reference_vocabulary(tmp_path / "missing.jsonl") is None  # the column then reads "–"
+
+
+def test_rescore_recounts_stored_hypotheses_against_the_training_references(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import rescore
+
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text(json.dumps({"src": "a", "tgt": "Ein Mann im Park."}) + "\n", encoding="utf-8")
+    refs = ["Ein Mann im Park.", "Ein Hund im Park."]  # "Hund" is new: one reference of two
+    test.write_text("".join(json.dumps({"src": "x", "tgt": r}) + "\n" for r in refs), encoding="utf-8")
+    run = tmp_path / "seqdiffuseq-distilled"
+    run.mkdir()
+    hyps = run / "hypotheses_noise beam 10.jsonl"
+    rows = [
+        {"index": 0, "source": "x", "hypothesis": "Ein Mann im Park.", "reference": refs[0]},
+        {"index": 1, "source": "x", "hypothesis": "Ein Mannim im im Park.", "reference": refs[1]},
+    ]
+    hyps.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (record,) = rescore.main([str(hyps), "--train", str(train), "--test", str(test), "--out", str(tmp_path / "r.json")])
+    assert record["label"] == "seqdiffuseq-distilled/noise beam 10" and record["sentences"] == 2
+    assert record["unseen_word_hypotheses"] == 1 and record["repeated_word_hypotheses"] == 1
+    assert record["unseen_word_hypotheses_rate"] == 0.5
+    out = capsys.readouterr().out
+    assert "| seqdiffuseq-distilled/noise beam 10 | 2 |" in out and "1 of 2 (50.0%)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["test_references_unseen_words"] == 1
+    hyps.write_text(json.dumps({"hypothesis": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="hypotheses_noise beam 10.jsonl:1: no string field 'reference'"):
+        rescore.main([str(hyps), "--train", str(train)])
