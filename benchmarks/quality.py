@@ -515,30 +515,36 @@ HEALTH_KEYS = (
 )
 
 
-@functools.lru_cache(maxsize=4)
 def reference_vocabulary(train_file: Path) -> frozenset[str] | None:
     """The words of a task's training references (the task's own file, never a distilled one), for the count of
     hypotheses with a word never seen there (:func:`lightning_diffusion.evaluation.has_unseen_word`); None when the
-    file is not there."""
+    file is not there. Read once per file version (path, size, modification time) and process."""
+    if not train_file.is_file():
+        return None
+    stat = train_file.stat()
+    return _vocabulary(str(train_file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _vocabulary(path: str, size: int, mtime_ns: int) -> frozenset[str]:
     from lightning_diffusion.data.jsonl import read_examples
     from lightning_diffusion.evaluation import known_words
 
-    if not train_file.is_file():
-        return None
-    examples, _ = read_examples(str(train_file), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep")
+    examples, _ = read_examples(path, src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep")
     return known_words(example.tgt or "" for example in examples)
 
 
 def references_unseen_words(test_file: Path, train_file: Path, used: int) -> int | None:
     """How many of the first ``used`` test references hold a word the training references never do: the level a
-    system's unseen-word count is read against (new compounds and names are common in a test set)."""
+    system's unseen-word count is read against (new compounds and names are common in a test set). Pairs with an
+    empty side are left out first, as the data module does by default before it takes the first ``used``."""
     from lightning_diffusion.data.jsonl import read_examples
     from lightning_diffusion.evaluation import has_unseen_word
 
     vocabulary = reference_vocabulary(train_file)
     if vocabulary is None:
         return None
-    examples, _ = read_examples(str(test_file), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep")
+    examples, _ = read_examples(str(test_file), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="skip")
     return sum(1 for example in examples[:used] if has_unseen_word(example.tgt or "", vocabulary))
 
 

@@ -29,8 +29,8 @@ def has_repeated_bigram(text: str) -> bool:
     """Whether two consecutive words (whitespace-separated, as written) occur twice or more anywhere in the text:
     a repeated phrase, back to back or not (``"auf einer Baustelle auf einer Baustelle"``), which :func:`has_repeat`
     does not see. A word repeated three times back to back counts too. References have some (Multi30k test: 3%)."""
-    words = text.split()
-    pairs = list(zip(words[:-1], words[1:], strict=True))
+    tokens = text.split()
+    pairs = list(zip(tokens[:-1], tokens[1:], strict=True))
     return len(pairs) != len(set(pairs))
 
 

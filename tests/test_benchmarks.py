@@ -30,6 +30,7 @@ from benchmarks.quality import (  # noqa: E402
     resolve_options,
 )
 from benchmarks.systems import SYSTEMS, TASKS, System  # noqa: E402
+from lightning_diffusion.evaluation import has_unseen_word, known_words  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 HAS_AR = importlib.util.find_spec("lightning_diffusion.autoregressive") is not None
@@ -127,6 +128,12 @@ def tiny_systems(cache: Path) -> list[dict[str, Any]]:
             }
         )
     return systems
+
+
+def bench_pairs(bench: Bench, split: str) -> list[dict[str, str]]:
+    """The Multi30k-named split the benchmark read, as written into its data root."""
+    path = bench.data_root / "multi30k_en_de" / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class Bench:
@@ -470,8 +477,6 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
     (ev,) = diff["evaluations"]
     assert ev["decoding"] == "recipe" and ev["sentences"] == 12
     assert ev["bleu_signature"].startswith("nrefs:1|")
-    # unseen words: counted against the task's training references, the test references' own count beside them
-    assert 0 <= ev["unseen_word_hypotheses"] <= 12 and 0 <= data["data"]["test_references_unseen_words"] <= 12
     assert 0 <= ev["bleu"] <= 100
     assert (
         ev["sampling_steps"] == 3 and ev["nfe_mean"] == 3 and ev["length_beam"] == 2 and ev["noise_beam"] == 1
@@ -481,7 +486,16 @@ def test_translation(bench: Bench, translation_json: dict[str, Any]) -> None:
         assert 0 <= ev[key] <= 12 and ev[f"{key}_rate"] == round(ev[key] / 12, 4)
     for key in ("empty_hypotheses", "replacement_char_hypotheses", "repeated_word_hypotheses"):
         assert 0 <= ev[key] <= 12 and ev[f"{key}_rate"] == round(ev[key] / 12, 4)
-    assert (REPO / ev["hypotheses_file"]).is_file() or Path(ev["hypotheses_file"]).is_file()
+    hyp_file = REPO / ev["hypotheses_file"] if (REPO / ev["hypotheses_file"]).is_file() else Path(ev["hypotheses_file"])
+    assert hyp_file.is_file()
+    # unseen words: counted against the task's own training targets (not sources, not another split), over the
+    # scored rows; the first 12 test references' own count beside them
+    vocabulary = known_words(row["tgt"] for row in bench_pairs(bench, "train"))
+    rows = [json.loads(line) for line in hyp_file.read_text(encoding="utf-8").splitlines()]
+    assert ev["unseen_word_hypotheses"] == sum(has_unseen_word(row["hypothesis"], vocabulary) for row in rows)
+    refs = [row["tgt"] for row in bench_pairs(bench, "test")[:12]]
+    assert [row["reference"] for row in rows] == refs
+    assert data["data"]["test_references_unseen_words"] == sum(has_unseen_word(ref, vocabulary) for ref in refs)
     assert diff["curve"][-1]["source"] == "final checkpoint" and diff["curve"][-1]["sentences"] == 8
     assert len(diff["curve"]) >= 2, "no snapshot was taken during training"
     assert diff["curve"][0]["source"].startswith("snapshot")
@@ -522,6 +536,10 @@ def test_translation_distilled(bench: Bench, distilled_json: dict[str, Any]) -> 
     assert f"--data.train_file {diff['train']['train_file']}" in diff["train"]["command"]
     assert (REPO / diff["train"]["train_file"]).resolve() == distilled.resolve()
     assert "/diffuseq-distilled/" in diff["train"]["log"]
+    # unseen words are read against the task's own references, not the (uppercased) distilled targets
+    vocabulary = known_words(row["tgt"] for row in bench_pairs(bench, "train"))
+    refs = [row["tgt"] for row in bench_pairs(bench, "test")[: data["data"]["test_examples"]]]
+    assert data["data"]["test_references_unseen_words"] == sum(has_unseen_word(ref, vocabulary) for ref in refs)
     md = (bench.results / "translation_multi30k_en_de_distilled.md").read_text()
     assert "(distilled training data)" in md and "| diffuseq | yes |" in md
     if HAS_AR:
@@ -758,6 +776,18 @@ def test_decode_memory_tiny_run(tmp_path: Path) -> None:
     )
 
 
+def test_the_references_unseen_word_count_covers_the_first_scored_pairs(tmp_path: Path) -> None:
+    from benchmarks.quality import references_unseen_words
+
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text(json.dumps({"src": "a", "tgt": "Ein Mann."}) + "\n", encoding="utf-8")
+    pairs = [("x", "Ein Hund."), ("", "Ein Vogel."), ("y", "Ein Mann."), ("z", "Ein Fisch.")]  # the empty source: skipped
+    test.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in pairs), encoding="utf-8")
+    assert references_unseen_words(test, train, used=2) == 1  # "Ein Hund.", "Ein Mann."
+    assert references_unseen_words(test, train, used=3) == 2
+    assert references_unseen_words(test, tmp_path / "missing.jsonl", used=3) is None
+
+
 def test_the_unseen_word_count_reads_the_tasks_own_training_references(tmp_path: Path) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text(
@@ -765,7 +795,7 @@ def test_the_unseen_word_count_reads_the_tasks_own_training_references(tmp_path:
         encoding="utf-8",
     )
     assert reference_vocabulary(train) == frozenset({"Ein", "Mann", ".", "Hund"})  # targets only, 13a words
-    assert reference_vocabulary(tmp_path / "missing.jsonl") is None  # the column then reads "–"
+    assert reference_vocabulary(tmp_path / "missing.jsonl") is None
 
 
 def test_rescore_recounts_stored_hypotheses_against_the_training_references(
@@ -773,10 +803,9 @@ def test_rescore_recounts_stored_hypotheses_against_the_training_references(
 ) -> None:
     from benchmarks import rescore
 
-    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"src": "a", "tgt": "Ein Mann im Park."}) + "\n", encoding="utf-8")
     refs = ["Ein Mann im Park.", "Ein Hund im Park."]  # "Hund" is new: one reference of two
-    test.write_text("".join(json.dumps({"src": "x", "tgt": r}) + "\n" for r in refs), encoding="utf-8")
     run = tmp_path / "seqdiffuseq-distilled"
     run.mkdir()
     hyps = run / "hypotheses_noise beam 10.jsonl"
@@ -785,13 +814,30 @@ def test_rescore_recounts_stored_hypotheses_against_the_training_references(
         {"index": 1, "source": "x", "hypothesis": "Ein Mannim im im Park.", "reference": refs[1]},
     ]
     hyps.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (record,) = rescore.main([str(hyps), "--train", str(train), "--test", str(test), "--out", str(tmp_path / "r.json")])
+    (record,) = rescore.main([str(hyps), "--train", str(train), "--out", str(tmp_path / "r.json")])
     assert record["label"] == "seqdiffuseq-distilled/noise beam 10" and record["sentences"] == 2
     assert record["unseen_word_hypotheses"] == 1 and record["repeated_word_hypotheses"] == 1
-    assert record["unseen_word_hypotheses_rate"] == 0.5
+    assert record["unseen_word_hypotheses_rate"] == 0.5 and record["references_unseen_words"] == 1
     out = capsys.readouterr().out
-    assert "| seqdiffuseq-distilled/noise beam 10 | 2 |" in out and "1 of 2 (50.0%)" in out
-    assert json.loads((tmp_path / "r.json").read_text())["test_references_unseen_words"] == 1
-    hyps.write_text(json.dumps({"hypothesis": "x"}) + "\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="hypotheses_noise beam 10.jsonl:1: no string field 'reference'"):
+    assert "| seqdiffuseq-distilled/noise beam 10 | 2 |" in out and out.rstrip().endswith("| 1 (50.0%) | 1 (50.0%) |")
+    assert json.loads((tmp_path / "r.json").read_text())["records"][0]["unseen_word_hypotheses"] == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"hypothesis": "x", "source": "y"}', ":2: no string field 'reference'"),
+        ("not json", ":2: not valid JSON"),
+        ('["a list"]', ":2: expected a JSON object, got list"),
+    ],
+)
+def test_rescore_names_the_file_and_line_of_a_bad_row(tmp_path: Path, line: str, message: str) -> None:
+    from benchmarks import rescore
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"src": "a", "tgt": "b"}) + "\n", encoding="utf-8")
+    hyps = tmp_path / "hypotheses_recipe.jsonl"
+    good = json.dumps({"source": "a", "hypothesis": "b", "reference": "b"})
+    hyps.write_text(good + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=f"hypotheses_recipe.jsonl{message}"):
         rescore.main([str(hyps), "--train", str(train)])
