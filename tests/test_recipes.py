@@ -117,6 +117,7 @@ PINNED_FIRST_LOSS = {
     "difformer/multi30k_en_de.yaml": 8.4816,  # rounding and anchor heads over the 92 target ids of the tiny data
     "diffuseq/multi30k_en_de.yaml": 2.3449,  # shared up-projection + SourceMSE (the official DiffuSeq's objective), output vocabulary
     "cdcd/multi30k_en_de.yaml": 6.4157,
+    "seqdiffuseq/multi30k_en_de.yaml": 1.4735,  # training noise factor 2 (not the paper's 1), self-conditioning coin per batch, output vocabulary
     "discrete/multi30k_en_de.yaml": 5.5485,  # glancing (the first pass decides how much of the target is seen), no label smoothing, softmax over the 92 target ids
 }
 
