@@ -14,7 +14,6 @@ the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from benchmarks.common import envelope, rel, score, write_json
 from benchmarks.quality import reference_vocabulary, with_health_rates
 from benchmarks.report import HEALTH, count_rate
+from lightning_diffusion.data.jsonl import DataError, json_object
 from lightning_diffusion.evaluation import has_unseen_word
 
 FIELDS = ("source", "hypothesis", "reference")
@@ -36,11 +36,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise SystemExit(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                row = json_object(line, f"{path}:{number}")
+            except DataError as err:
+                raise SystemExit(str(err)) from None
             missing = [key for key in FIELDS if not isinstance(row.get(key), str)]
             if missing:
                 raise SystemExit(f"{path}:{number}: no string field {', '.join(repr(k) for k in missing)}")

@@ -144,6 +144,18 @@ def _decoded_lines(path: Path, name: str, gzipped: bool) -> Iterator[tuple[int, 
             raise DataError(f"{name}:{number + 1}: cannot read gzip data ({err})") from None
 
 
+def json_object(text: str, where: str) -> dict[str, Any]:
+    """One JSONL line parsed as an object; anything else is a :class:`DataError` that starts with ``where``
+    (``file:line``)."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_type_name(record)}")
+    return record
+
+
 def _is_empty(text: str | None) -> bool:
     return text is not None and not text.strip()
 
@@ -216,12 +228,7 @@ def read_examples(
         if kind == "txt":
             src, tgt = text, None
         else:
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{name}:{number}: not valid JSON ({err})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{name}:{number}: expected a JSON object, got {_type_name(record)}")
+            record = json_object(text, f"{name}:{number}")
             duplicates = _duplicate_fields(text, [src_key, *tgt_keys])
             if duplicates:
                 raise DataError(
@@ -275,7 +282,7 @@ def read_examples(
     return examples, stats
 
 
-__all__ = ["DataError", "Example", "ReadStats", "read_examples", "resolve_path"]
+__all__ = ["DataError", "Example", "ReadStats", "json_object", "read_examples", "resolve_path"]
 
 
 _LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
