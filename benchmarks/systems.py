@@ -188,7 +188,7 @@ ENC_DEC_LAYERS = ("--model.denoiser.encoder_layers", "3", "--model.denoiser.deco
 DIFFUSION_DECODINGS: dict[str, dict[str, Any]] = {"recipe": {}, "collapse repeats": {"collapse_repeats": True}}
 # Canvas models (DiffuSeq, SeqDiffuSeq): their papers decode 10 samples per source and pick one by MBR; the CPU
 # overlay decodes one (validation during training stays cheap), so the benchmarks also score the papers' 10
-# (each such decoding takes ~13x the single sample's time).
+# (each such decoding takes 13-16x the single sample's time).
 CANVAS_DECODINGS: dict[str, dict[str, Any]] = {
     **DIFFUSION_DECODINGS,
     "noise beam 10": {"noise_beam": 10},
