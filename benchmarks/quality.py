@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -497,13 +497,16 @@ def train(
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def count_examples(path: Path) -> int:
+def read_pairs(path: Path | str, empty: Literal["keep", "skip"] = "keep") -> list[Any]:
+    """The ``{src, tgt}`` examples of a task file (targets required), pairs with an empty side kept or skipped."""
     from lightning_diffusion.data.jsonl import read_examples
 
-    examples, _ = read_examples(
-        str(path), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep"
-    )
-    return len(examples)
+    examples, _ = read_examples(str(path), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty=empty)
+    return examples
+
+
+def count_examples(path: Path) -> int:
+    return len(read_pairs(path))
 
 
 HEALTH_KEYS = (
@@ -527,25 +530,22 @@ def reference_vocabulary(train_file: Path) -> frozenset[str] | None:
 
 @functools.lru_cache(maxsize=4)
 def _vocabulary(path: str, size: int, mtime_ns: int) -> frozenset[str]:
-    from lightning_diffusion.data.jsonl import read_examples
     from lightning_diffusion.evaluation import known_words
 
-    examples, _ = read_examples(path, src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="keep")
-    return known_words(example.tgt or "" for example in examples)
+    return known_words(example.tgt or "" for example in read_pairs(path))
 
 
 def references_unseen_words(test_file: Path, train_file: Path, used: int) -> int | None:
     """How many of the first ``used`` test references hold a word the training references never do: the level a
     system's unseen-word count is read against (new compounds and names are common in a test set). Pairs with an
     empty side are left out first, as the data module does by default before it takes the first ``used``."""
-    from lightning_diffusion.data.jsonl import read_examples
     from lightning_diffusion.evaluation import has_unseen_word
 
     vocabulary = reference_vocabulary(train_file)
     if vocabulary is None:
         return None
-    examples, _ = read_examples(str(test_file), src_key="src", tgt_keys=("tgt", "trg"), require_target=True, empty="skip")
-    return sum(1 for example in examples[:used] if has_unseen_word(example.tgt or "", vocabulary))
+    examples = read_pairs(test_file, empty="skip")[:used]
+    return sum(1 for example in examples if has_unseen_word(example.tgt or "", vocabulary))
 
 
 def with_health_rates(scores: dict[str, Any], sentences: int) -> dict[str, Any]:
@@ -604,7 +604,7 @@ def evaluate(system: System, task: Task, run_root: Path, opts: Any, say: Progres
         )
         if i == 0:
             primary_rows = decoded.rows
-    out["curve"] = curve(system, task, run, run_root, module, primary_rows, opts, say)
+    out["curve"] = curve(system, task, run, run_root, module, primary_rows, opts, say, vocabulary)
     return out
 
 
@@ -617,13 +617,14 @@ def curve(
     final_rows: list[dict[str, Any]],
     opts: Any,
     say: Progress,
+    vocabulary: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Quality of the primary decoding on the first ``curve_examples`` test examples at each snapshot and at
-    the end (the final point re-scores the final decode's hypotheses of those examples)."""
+    the end (the final point re-scores the final decode's hypotheses of those examples); ``vocabulary`` (the
+    training references' words) for the unseen-word count."""
     if budget_settings(opts)["curve_at_cpu_minutes"] == [] or opts.curve_examples <= 0:
         return []
     primary = next(iter(system.decodings.values()))
-    vocabulary = reference_vocabulary(task.files(Path(opts.data_root))["train"])
     clock = read_clock(run)
     points = []
     snapshots = clock.get("snapshots", [])
